@@ -1,0 +1,822 @@
+//! One partition's log: an ordered list of segments, the last one active.
+//!
+//! ## Offsets
+//! - *log start offset*: first offset still stored (base of the first segment).
+//! - *log end offset* (LEO): offset the next appended record will get.
+//! - *high watermark* (HW): offsets below it are visible to consumers. With
+//!   one broker and `flush = fsync` the HW is the fsynced end of the log, so
+//!   a consumer never sees a record that a crash could take back; with
+//!   `flush = interval` it follows the LEO. Replication will later make the
+//!   HW the in-sync replicas' minimum, so the two are kept distinct here.
+//!
+//! ## Crash consistency
+//! A batch is written with one positional write at the end of the active
+//! segment; its index entry lives in memory until the segment seals. An
+//! acks>=1 produce is acknowledged only after the flusher's `fdatasync`
+//! covers it (group commit: every append that lands before a sync starts
+//! shares it). Sealing fsyncs the segment, then writes its index file and a
+//! producer-state snapshot atomically. After a crash the active segment (and
+//! any sealed segment whose index is missing or stale) is scanned batch by
+//! batch, and a torn or corrupt tail of the active segment is truncated.
+
+use std::collections::VecDeque;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use parking_lot::{Mutex, RwLock};
+use tokio::sync::watch;
+
+use crate::batch::{self, BatchHeader};
+use crate::config::{TimestampType, TopicConfig};
+use crate::index::SegmentIndex;
+use crate::producer::{ProducerState, SequenceCheck};
+use crate::segment::{self, Segment, LOG_SUFFIX};
+use crate::{frame, FlushPolicy, FlushQueue, LogError};
+
+const SNAPSHOT_SUFFIX: &str = "snapshot";
+
+/// Result of appending one produce request's batches to a partition.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AppendResult {
+    /// Offset of the first record (of the original append, for a duplicate).
+    pub base_offset: i64,
+    /// Offset after the last appended record; the produce is durable once
+    /// the high watermark reaches it.
+    pub end_offset: i64,
+    /// The broker's timestamp if the topic uses LogAppendTime, else -1.
+    pub log_append_time: i64,
+    pub log_start_offset: i64,
+    /// The batch was a producer retry of one already in the log.
+    pub duplicate: bool,
+}
+
+/// Bytes read for a fetch, whole batches only.
+#[derive(Debug, Clone)]
+pub struct ReadResult {
+    pub records: Bytes,
+    pub high_watermark: i64,
+    pub log_start_offset: i64,
+}
+
+/// A sealed segment waiting for its fsync, index file and snapshot.
+struct PendingSeal {
+    segment: Arc<Segment>,
+    producers: ProducerState,
+    snapshot_offset: i64,
+}
+
+struct Inner {
+    segments: Vec<Arc<Segment>>,
+    log_end_offset: i64,
+    high_watermark: i64,
+    producers: ProducerState,
+    pending_seals: VecDeque<PendingSeal>,
+    /// Unsynced bytes were written since the last flush.
+    dirty: bool,
+}
+
+/// Counters exported as metrics.
+#[derive(Debug, Default)]
+pub struct PartitionStats {
+    pub corrupt_segments: AtomicU64,
+    pub truncated_bytes: AtomicU64,
+}
+
+pub struct Partition {
+    pub topic: String,
+    pub id: i32,
+    dir: PathBuf,
+    config: RwLock<Arc<TopicConfig>>,
+    inner: Mutex<Inner>,
+    hw_tx: watch::Sender<i64>,
+    leader_epoch: i32,
+    flush_policy: FlushPolicy,
+    flush_queue: Arc<FlushQueue>,
+    flush_queued: AtomicBool,
+    /// Serializes flushes of this partition (sync + HW advance).
+    flush_lock: Mutex<()>,
+    pub stats: PartitionStats,
+}
+
+impl std::fmt::Debug for Partition {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Partition({}-{})", self.topic, self.id)
+    }
+}
+
+/// Everything the partition needs from its owner.
+pub struct PartitionContext {
+    pub flush_policy: FlushPolicy,
+    pub flush_queue: Arc<FlushQueue>,
+    pub leader_epoch: i32,
+    /// The previous run stopped cleanly (index files and snapshots current).
+    pub clean: bool,
+    pub now_ms: i64,
+}
+
+fn snapshot_name(offset: i64) -> String {
+    segment::file_name(offset, SNAPSHOT_SUFFIX)
+}
+
+impl Partition {
+    /// Opens (creating if needed) the partition directory and recovers it.
+    pub fn open(
+        dir: PathBuf,
+        topic: &str,
+        id: i32,
+        config: Arc<TopicConfig>,
+        ctx: &PartitionContext,
+    ) -> Result<Arc<Self>, LogError> {
+        fs::create_dir_all(&dir).map_err(|e| LogError::io(&dir, e))?;
+        let stats = PartitionStats::default();
+        let mut bases = Vec::new();
+        let mut snapshots = Vec::new();
+        for entry in fs::read_dir(&dir).map_err(|e| LogError::io(&dir, e))? {
+            let entry = entry.map_err(|e| LogError::io(&dir, e))?;
+            let name = entry.file_name();
+            let name = name.to_string_lossy();
+            if let Some(b) = segment::parse_file_name(&name, LOG_SUFFIX) {
+                bases.push(b);
+            } else if let Some(o) = segment::parse_file_name(&name, SNAPSHOT_SUFFIX) {
+                snapshots.push(o);
+            } else if name.ends_with(".tmp") {
+                // Leftover of an interrupted atomic write: the target is intact.
+                let _ = fs::remove_file(entry.path());
+            }
+        }
+        bases.sort_unstable();
+        snapshots.sort_unstable();
+        let max_batch = config.max_message_bytes.max(1 << 20) + batch::LOG_OVERHEAD;
+        let interval = config.index_interval_bytes;
+        let mut segments: Vec<Arc<Segment>> = Vec::with_capacity(bases.len().max(1));
+        let mut scanned: Vec<(usize, Vec<BatchHeader>)> = Vec::new();
+        for (i, &base) in bases.iter().enumerate() {
+            let path = dir.join(segment::file_name(base, LOG_SUFFIX));
+            let is_active = i + 1 == bases.len();
+            let file_len = fs::metadata(&path).map_err(|e| LogError::io(&path, e))?.len();
+            let index_path = path.with_extension(segment::INDEX_SUFFIX);
+            let trusted = if is_active && !ctx.clean {
+                None
+            } else {
+                match frame::read_file(&index_path, crate::index::INDEX_LIMIT) {
+                    Ok(bytes) => match SegmentIndex::decode(&index_path.display().to_string(), &bytes, base) {
+                        Ok(idx) if idx.size == file_len => Some(idx),
+                        Ok(idx) => {
+                            tracing::warn!(path = %index_path.display(), indexed = idx.size, file_len, "index does not match segment size; rebuilding");
+                            None
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %e, "unreadable index; rebuilding");
+                            None
+                        }
+                    },
+                    Err(_) => None,
+                }
+            };
+            let seg = match trusted {
+                Some(idx) => Segment::open(path, base, idx, ctx.now_ms)?,
+                None => {
+                    let seg = Segment::open(path.clone(), base, SegmentIndex::new(base), ctx.now_ms)?;
+                    let out = seg.scan(interval, max_batch)?;
+                    if let Some(err) = &out.error {
+                        if is_active {
+                            let cut = file_len - out.valid_bytes;
+                            tracing::warn!(path = %path.display(), valid_bytes = out.valid_bytes, truncated_bytes = cut, reason = %err, "truncating torn or corrupt tail of the active segment");
+                            seg.truncate(out.valid_bytes)?;
+                            seg.sync()?;
+                            stats.truncated_bytes.fetch_add(cut, Ordering::Relaxed);
+                        } else {
+                            tracing::error!(path = %path.display(), valid_bytes = out.valid_bytes, reason = %err, "corrupt bytes in a sealed segment; records after this point in the segment are unreadable, the rest of the partition stays available");
+                            stats.corrupt_segments.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                    let mut idx = out.index;
+                    if !is_active && out.error.is_some() {
+                        // Keep the real end so that offsets stay contiguous with
+                        // the next segment; the damaged range reads as corrupt.
+                        idx.size = file_len;
+                        if let Some(&next_base) = bases.get(i + 1) {
+                            idx.next_offset = next_base;
+                        }
+                    }
+                    *seg.index.write() = idx;
+                    if !is_active && out.error.is_none() {
+                        seg.write_index()?;
+                    }
+                    scanned.push((i, out.batches));
+                    seg
+                }
+            };
+            segments.push(Arc::new(seg));
+        }
+        if segments.is_empty() {
+            let base = snapshots.last().copied().unwrap_or(0);
+            segments.push(Arc::new(Segment::create(&dir, base, ctx.now_ms)?));
+        }
+        let log_end_offset = segments.last().map(|s| s.next_offset()).unwrap_or(0);
+
+        // Producer state: newest snapshot at or below the LEO, then replay.
+        let mut producers = ProducerState::default();
+        let mut covered = segments[0].base_offset;
+        for &off in snapshots.iter().rev() {
+            if off > log_end_offset {
+                continue;
+            }
+            let path = dir.join(snapshot_name(off));
+            match frame::read_file(&path, crate::producer::SNAPSHOT_LIMIT)
+                .map_err(|e| e.to_string())
+                .and_then(|b| ProducerState::decode(&path.display().to_string(), &b))
+            {
+                Ok((o, s)) => {
+                    producers = s;
+                    covered = o;
+                    break;
+                }
+                Err(e) => tracing::warn!(error = %e, "skipping unreadable producer snapshot"),
+            }
+        }
+        if covered < log_end_offset {
+            for (i, seg) in segments.iter().enumerate() {
+                if seg.next_offset() <= covered {
+                    continue;
+                }
+                let headers = match scanned.iter().find(|(j, _)| *j == i) {
+                    Some((_, h)) => h.clone(),
+                    None => seg.scan(interval, max_batch)?.batches,
+                };
+                for h in headers.iter().filter(|h| h.base_offset >= covered) {
+                    producers.update(h);
+                }
+            }
+        }
+
+        let (hw_tx, _) = watch::channel(log_end_offset);
+        let p = Partition {
+            topic: topic.to_string(),
+            id,
+            dir,
+            config: RwLock::new(config),
+            inner: Mutex::new(Inner {
+                segments,
+                log_end_offset,
+                high_watermark: log_end_offset,
+                producers,
+                pending_seals: VecDeque::new(),
+                dirty: false,
+            }),
+            hw_tx,
+            leader_epoch: ctx.leader_epoch,
+            flush_policy: ctx.flush_policy,
+            flush_queue: ctx.flush_queue.clone(),
+            flush_queued: AtomicBool::new(false),
+            flush_lock: Mutex::new(()),
+            stats,
+        };
+        Ok(Arc::new(p))
+    }
+
+    pub fn config(&self) -> Arc<TopicConfig> {
+        self.config.read().clone()
+    }
+
+    pub fn set_config(&self, config: Arc<TopicConfig>) {
+        *self.config.write() = config;
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn leader_epoch(&self) -> i32 {
+        self.leader_epoch
+    }
+
+    pub fn high_watermark(&self) -> i64 {
+        self.inner.lock().high_watermark
+    }
+
+    pub fn log_end_offset(&self) -> i64 {
+        self.inner.lock().log_end_offset
+    }
+
+    pub fn log_start_offset(&self) -> i64 {
+        self.inner.lock().segments[0].base_offset
+    }
+
+    /// Total bytes of all segments.
+    pub fn size_bytes(&self) -> u64 {
+        self.inner.lock().segments.iter().map(|s| s.size()).sum()
+    }
+
+    pub fn segment_count(&self) -> usize {
+        self.inner.lock().segments.len()
+    }
+
+    /// A receiver that changes whenever the high watermark advances.
+    pub fn watch_high_watermark(&self) -> watch::Receiver<i64> {
+        self.hw_tx.subscribe()
+    }
+
+    fn max_batch(config: &TopicConfig) -> usize {
+        config.max_message_bytes.max(1 << 20) + batch::LOG_OVERHEAD
+    }
+
+    /// Validates and appends the batches of one produce request (`records`
+    /// may hold several). Returns once the bytes are written (not yet
+    /// durable: await [`Partition::wait_durable`] for that). Blocking I/O:
+    /// call from a blocking thread.
+    pub fn append(self: &Arc<Self>, records: &[u8], now_ms: i64) -> Result<AppendResult, LogError> {
+        let config = self.config();
+        // Validate everything before touching the log: a request is appended
+        // whole or not at all.
+        let mut headers = Vec::new();
+        let mut pos = 0;
+        while pos < records.len() {
+            let rest = &records[pos..];
+            let size = batch::peek_size(rest, usize::MAX >> 1).map_err(LogError::InvalidBatch)?;
+            if size > config.max_message_bytes + batch::LOG_OVERHEAD {
+                return Err(LogError::MessageTooLarge {
+                    size,
+                    max: config.max_message_bytes,
+                });
+            }
+            let h = batch::validate_for_append(rest, size).map_err(LogError::InvalidBatch)?;
+            headers.push((pos, h));
+            pos += h.size;
+        }
+        if headers.is_empty() {
+            return Err(LogError::InvalidBatch(batch::BatchError::Truncated {
+                needed: batch::BATCH_HEADER_LEN,
+                available: 0,
+            }));
+        }
+        let mut buf = records.to_vec();
+        let log_append_time = match config.timestamp_type {
+            TimestampType::LogAppendTime => now_ms,
+            TimestampType::CreateTime => -1,
+        };
+
+        let mut inner = self.inner.lock();
+        // Idempotence: check every batch first so a rejected request appends nothing.
+        for (_, h) in &headers {
+            match inner.producers.check(h) {
+                SequenceCheck::Accept => {}
+                SequenceCheck::Duplicate { base_offset } => {
+                    if headers.len() == 1 {
+                        return Ok(AppendResult {
+                            base_offset,
+                            end_offset: h.last_offset() - h.base_offset + base_offset + 1,
+                            log_append_time,
+                            log_start_offset: inner.segments[0].base_offset,
+                            duplicate: true,
+                        });
+                    }
+                    return Err(LogError::DuplicateSequence);
+                }
+                SequenceCheck::FencedEpoch { current } => {
+                    return Err(LogError::InvalidProducerEpoch {
+                        producer_id: h.producer_id,
+                        epoch: h.producer_epoch,
+                        current,
+                    })
+                }
+                SequenceCheck::OutOfOrder { expected, got } => {
+                    return Err(LogError::OutOfOrderSequence {
+                        producer_id: h.producer_id,
+                        expected,
+                        got,
+                    })
+                }
+            }
+        }
+        let base_offset = inner.log_end_offset;
+        for (at, h) in &headers {
+            let slice = &mut buf[*at..*at + h.size];
+            let offset = inner.log_end_offset;
+            batch::assign(slice, offset, self.leader_epoch);
+            if log_append_time >= 0 {
+                batch::set_log_append_time(slice, log_append_time);
+            }
+            let mut h = *h;
+            h.base_offset = offset;
+            if log_append_time >= 0 {
+                h.max_timestamp = log_append_time;
+            }
+            self.maybe_roll(&mut inner, &config, h.size as u64, h.next_offset(), now_ms)?;
+            let active = inner.segments.last().cloned().ok_or(LogError::NoActiveSegment)?;
+            let position = active.size();
+            if let Err(e) = active.write_at(slice, position) {
+                // Leave the file as it was: nothing of this batch is in the log.
+                let _ = active.truncate(position);
+                return Err(e);
+            }
+            active.index.write().on_append(
+                active.base_offset,
+                offset,
+                h.next_offset(),
+                h.max_timestamp,
+                position,
+                h.size as u64,
+                config.index_interval_bytes,
+            );
+            inner.producers.update(&h);
+            inner.log_end_offset = h.next_offset();
+        }
+        inner.dirty = true;
+        let end_offset = inner.log_end_offset;
+        let log_start_offset = inner.segments[0].base_offset;
+        if self.flush_policy != FlushPolicy::Fsync {
+            inner.high_watermark = end_offset;
+            self.hw_tx.send_replace(end_offset);
+        }
+        drop(inner);
+        self.request_flush();
+        Ok(AppendResult {
+            base_offset,
+            end_offset,
+            log_append_time,
+            log_start_offset,
+            duplicate: false,
+        })
+    }
+
+    fn request_flush(self: &Arc<Self>) {
+        if !self.flush_queued.swap(true, Ordering::AcqRel) {
+            self.flush_queue.push(self.clone());
+        }
+    }
+
+    /// Rolls the active segment if the next batch would overflow it or it is
+    /// older than segment.ms.
+    fn maybe_roll(
+        &self,
+        inner: &mut Inner,
+        config: &TopicConfig,
+        batch_size: u64,
+        next_offset: i64,
+        now_ms: i64,
+    ) -> Result<(), LogError> {
+        let Some(active) = inner.segments.last() else {
+            return Err(LogError::NoActiveSegment);
+        };
+        let size = active.size();
+        if size == 0 {
+            return Ok(());
+        }
+        let full = size + batch_size > config.segment_bytes;
+        let old = now_ms - active.created_ms >= config.segment_ms;
+        let offsets_overflow = next_offset - active.base_offset > i64::from(u32::MAX >> 1);
+        if full || old || offsets_overflow {
+            self.roll(inner, now_ms)?;
+        }
+        Ok(())
+    }
+
+    fn roll(&self, inner: &mut Inner, now_ms: i64) -> Result<(), LogError> {
+        let base = inner.log_end_offset;
+        let seg = Arc::new(Segment::create(&self.dir, base, now_ms)?);
+        if let Some(old) = inner.segments.last().cloned() {
+            inner.pending_seals.push_back(PendingSeal {
+                segment: old,
+                producers: inner.producers.clone(),
+                snapshot_offset: base,
+            });
+        }
+        inner.segments.push(seg);
+        inner.dirty = true;
+        Ok(())
+    }
+
+    /// Rolls the active segment now if it holds data (used by retention so
+    /// that an expired active segment can be deleted, and by tests).
+    pub fn force_roll(self: &Arc<Self>, now_ms: i64) -> Result<(), LogError> {
+        let mut inner = self.inner.lock();
+        if inner.segments.last().map(|s| s.size()).unwrap_or(0) == 0 {
+            return Ok(());
+        }
+        self.roll(&mut inner, now_ms)?;
+        drop(inner);
+        self.request_flush();
+        Ok(())
+    }
+
+    /// Makes everything appended so far durable and advances the high
+    /// watermark. Called by the flusher threads; blocking.
+    pub fn flush(&self) -> Result<(), LogError> {
+        self.flush_queued.store(false, Ordering::Release);
+        let _guard = self.flush_lock.lock();
+        let (seals, active, target) = {
+            let mut inner = self.inner.lock();
+            if !inner.dirty {
+                return Ok(());
+            }
+            inner.dirty = false;
+            let seals: Vec<PendingSeal> = inner.pending_seals.drain(..).collect();
+            let active = inner.segments.last().cloned();
+            (seals, active, inner.log_end_offset)
+        };
+        let result = (|| {
+            for seal in &seals {
+                seal.segment.sync()?;
+                seal.segment.write_index()?;
+                let path = self.dir.join(snapshot_name(seal.snapshot_offset));
+                frame::write_atomic(&path, &seal.producers.encode(seal.snapshot_offset))
+                    .map_err(|e| LogError::io(&path, e))?;
+                self.prune_snapshots(seal.snapshot_offset);
+            }
+            if let Some(active) = &active {
+                active.sync()?;
+            }
+            Ok(())
+        })();
+        let mut inner = self.inner.lock();
+        match result {
+            Ok(()) => {
+                if target > inner.high_watermark {
+                    inner.high_watermark = target;
+                    self.hw_tx.send_replace(target);
+                }
+                Ok(())
+            }
+            Err(e) => {
+                // Try again on the next flush; nothing is acknowledged meanwhile.
+                inner.dirty = true;
+                for seal in seals.into_iter().rev() {
+                    inner.pending_seals.push_front(seal);
+                }
+                Err(e)
+            }
+        }
+    }
+
+    fn prune_snapshots(&self, newest: i64) {
+        let Ok(rd) = fs::read_dir(&self.dir) else { return };
+        let mut offs: Vec<i64> = rd
+            .filter_map(|e| e.ok())
+            .filter_map(|e| segment::parse_file_name(&e.file_name().to_string_lossy(), SNAPSHOT_SUFFIX))
+            .filter(|&o| o <= newest)
+            .collect();
+        offs.sort_unstable();
+        // Keep the two newest.
+        for o in offs.iter().rev().skip(2) {
+            let _ = fs::remove_file(self.dir.join(snapshot_name(*o)));
+        }
+    }
+
+    /// Waits until the high watermark reaches `end_offset` (the produce is
+    /// durable), or the timeout passes.
+    pub async fn wait_durable(&self, end_offset: i64, timeout: std::time::Duration) -> Result<(), LogError> {
+        let mut rx = self.hw_tx.subscribe();
+        let res = tokio::time::timeout(timeout, rx.wait_for(|hw| *hw >= end_offset))
+            .await
+            .map(|r| r.map(|_| ()));
+        match res {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_)) => Err(LogError::ShuttingDown),
+            Err(_) => Err(LogError::Timeout),
+        }
+    }
+
+    /// Reads whole batches starting at the batch that contains `offset`, up
+    /// to `max_bytes` (at least one whole batch if `allow_oversize`), never
+    /// past the high watermark. Blocking I/O.
+    pub fn read(&self, offset: i64, max_bytes: usize, allow_oversize: bool) -> Result<ReadResult, LogError> {
+        let config = self.config();
+        let max_batch = Self::max_batch(&config);
+        let (seg, hw, start, limit) = {
+            let inner = self.inner.lock();
+            let start = inner.segments[0].base_offset;
+            let hw = inner.high_watermark;
+            if offset < start || offset > hw {
+                return Err(LogError::OffsetOutOfRange {
+                    offset,
+                    start,
+                    end: hw,
+                });
+            }
+            let i = inner.segments.partition_point(|s| s.base_offset <= offset);
+            let seg = inner.segments[i.saturating_sub(1)].clone();
+            let limit = seg.size();
+            (seg, hw, start, limit)
+        };
+        let empty = ReadResult {
+            records: Bytes::new(),
+            high_watermark: hw,
+            log_start_offset: start,
+        };
+        if offset == hw {
+            return Ok(empty);
+        }
+        let Some((pos, first)) = seg.find(offset, limit, max_batch)? else {
+            return Ok(empty);
+        };
+        if first.base_offset >= hw {
+            return Ok(empty);
+        }
+        let want = ((limit - pos) as usize).min(max_bytes);
+        let mut buf = seg.read_at(pos, want.max(if allow_oversize { first.size.min((limit - pos) as usize) } else { 0 }))?;
+        let mut end = 0;
+        for (at, h) in batch::BatchIter::new(&buf, max_batch, false) {
+            if h.base_offset >= hw || (at + h.size > max_bytes && at > 0) {
+                break;
+            }
+            end = at + h.size;
+        }
+        buf.truncate(end);
+        Ok(ReadResult {
+            records: Bytes::from(buf),
+            high_watermark: hw,
+            log_start_offset: start,
+        })
+    }
+
+    /// The earliest offset whose record timestamp is >= `ts`, with that
+    /// timestamp; None if every record is older. Blocking I/O.
+    pub fn offset_for_timestamp(&self, ts: i64) -> Result<Option<(i64, i64)>, LogError> {
+        let config = self.config();
+        let max_batch = Self::max_batch(&config);
+        let (segments, hw) = {
+            let inner = self.inner.lock();
+            (inner.segments.clone(), inner.high_watermark)
+        };
+        for seg in segments {
+            let (max_ts, start_off, limit) = {
+                let idx = seg.index.read();
+                (idx.max_timestamp, idx.lookup_time(seg.base_offset, ts), idx.size)
+            };
+            if max_ts < ts {
+                continue;
+            }
+            let Some((mut pos, _)) = seg.find(start_off, limit, max_batch)? else {
+                continue;
+            };
+            while pos < limit {
+                let Some(h) = seg.header_at(pos, max_batch)? else { break };
+                if h.base_offset >= hw {
+                    return Ok(None);
+                }
+                if h.max_timestamp >= ts {
+                    if h.is_log_append_time() {
+                        return Ok(Some((h.base_offset, h.max_timestamp)));
+                    }
+                    let bytes = seg.read_at(pos, h.size)?;
+                    let mut b = Bytes::from(bytes);
+                    let set = kafka_protocol::records::RecordBatchDecoder::decode(&mut b).map_err(|e| {
+                        LogError::Corrupt {
+                            path: seg.path.clone(),
+                            position: pos,
+                            reason: e.to_string(),
+                        }
+                    })?;
+                    if let Some(r) = set.records.iter().find(|r| r.timestamp >= ts) {
+                        return Ok(Some((r.offset, r.timestamp)));
+                    }
+                }
+                pos += h.size as u64;
+            }
+        }
+        Ok(None)
+    }
+
+    /// The largest timestamp in the partition and its offset (ListOffsets -3).
+    pub fn max_timestamp(&self) -> Option<(i64, i64)> {
+        let inner = self.inner.lock();
+        inner
+            .segments
+            .iter()
+            .map(|s| {
+                let i = s.index.read();
+                (i.max_timestamp, i.max_timestamp_offset)
+            })
+            .filter(|(t, _)| *t >= 0)
+            .max_by_key(|(t, _)| *t)
+            .map(|(t, o)| (o, t))
+    }
+
+    /// Deletes whole sealed segments beyond retention.ms / retention.bytes
+    /// and returns how many were deleted. Rolls an expired active segment
+    /// first so that it can go too. Blocking I/O.
+    pub fn enforce_retention(self: &Arc<Self>, now_ms: i64) -> Result<usize, LogError> {
+        let config = self.config();
+        if config.retention_ms >= 0 {
+            let active_expired = {
+                let inner = self.inner.lock();
+                let a = inner.segments.last().map(|s| {
+                    let i = s.index.read();
+                    i.size > 0 && i.max_timestamp < now_ms - config.retention_ms
+                });
+                a.unwrap_or(false)
+            };
+            if active_expired {
+                self.force_roll(now_ms)?;
+                self.flush()?;
+            }
+        }
+        let mut doomed = Vec::new();
+        {
+            let mut inner = self.inner.lock();
+            let pending: Vec<i64> = inner.pending_seals.iter().map(|p| p.segment.base_offset).collect();
+            let mut total: u64 = inner.segments.iter().map(|s| s.size()).sum();
+            while inner.segments.len() > 1 {
+                let first = &inner.segments[0];
+                if pending.contains(&first.base_offset) || first.next_offset() > inner.high_watermark {
+                    break;
+                }
+                let (size, max_ts) = {
+                    let i = first.index.read();
+                    (i.size, i.max_timestamp)
+                };
+                let by_time = config.retention_ms >= 0 && max_ts < now_ms - config.retention_ms;
+                let by_size = config.retention_bytes >= 0 && total - size >= config.retention_bytes as u64;
+                if !(by_time || by_size) {
+                    break;
+                }
+                total -= size;
+                doomed.push(inner.segments.remove(0));
+            }
+        }
+        for seg in &doomed {
+            tracing::info!(topic = %self.topic, partition = self.id, base_offset = seg.base_offset, "retention deleted segment");
+            for path in [seg.path.clone(), seg.index_path()] {
+                if let Err(e) = fs::remove_file(&path) {
+                    if e.kind() != std::io::ErrorKind::NotFound {
+                        return Err(LogError::io(&path, e));
+                    }
+                }
+            }
+        }
+        Ok(doomed.len())
+    }
+
+    /// Rolls the active segment when it is older than segment.ms.
+    pub fn roll_if_old(self: &Arc<Self>, now_ms: i64) -> Result<(), LogError> {
+        let config = self.config();
+        let old = {
+            let inner = self.inner.lock();
+            inner
+                .segments
+                .last()
+                .map(|s| s.size() > 0 && now_ms - s.created_ms >= config.segment_ms)
+                .unwrap_or(false)
+        };
+        if old {
+            self.force_roll(now_ms)?;
+        }
+        Ok(())
+    }
+
+    /// Clean stop: everything synced, the active segment's index and a
+    /// producer snapshot written, so the next open skips recovery.
+    pub fn close(&self) -> Result<(), LogError> {
+        {
+            self.inner.lock().dirty = true;
+        }
+        self.flush()?;
+        let (active, producers, leo) = {
+            let inner = self.inner.lock();
+            (
+                inner.segments.last().cloned(),
+                inner.producers.clone(),
+                inner.log_end_offset,
+            )
+        };
+        if let Some(active) = active {
+            active.write_index()?;
+        }
+        let path = self.dir.join(snapshot_name(leo));
+        frame::write_atomic(&path, &producers.encode(leo)).map_err(|e| LogError::io(&path, e))?;
+        self.prune_snapshots(leo);
+        Ok(())
+    }
+
+    /// Segment summaries (base offset, next offset, bytes, max timestamp).
+    pub fn segments(&self) -> Vec<SegmentInfo> {
+        let inner = self.inner.lock();
+        inner
+            .segments
+            .iter()
+            .map(|s| {
+                let i = s.index.read();
+                SegmentInfo {
+                    base_offset: s.base_offset,
+                    next_offset: i.next_offset,
+                    size_bytes: i.size,
+                    max_timestamp: i.max_timestamp,
+                    path: s.path.clone(),
+                }
+            })
+            .collect()
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct SegmentInfo {
+    pub base_offset: i64,
+    pub next_offset: i64,
+    pub size_bytes: u64,
+    pub max_timestamp: i64,
+    pub path: PathBuf,
+}

@@ -1,0 +1,349 @@
+//! Tests of the log as a whole: append, read, flush, recovery, retention.
+#![allow(clippy::unwrap_used)]
+
+use std::collections::BTreeMap;
+use std::fs::OpenOptions;
+use std::io::Write;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::batch::tests::make_batch;
+use crate::batch::{self, BatchIter};
+use crate::{LogConfig, LogError, LogManager, Partition};
+
+fn open(dir: &std::path::Path) -> Arc<LogManager> {
+    LogManager::open(LogConfig::new(dir)).unwrap()
+}
+
+fn configs(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+    pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+}
+
+fn append_n(p: &Arc<Partition>, batches: usize, records: i32, ts: i64) -> Vec<i64> {
+    (0..batches)
+        .map(|i| {
+            let b = make_batch(records, 20, ts + i as i64, (-1, -1, -1));
+            p.append(&b, 0).unwrap().base_offset
+        })
+        .collect()
+}
+
+fn read_all(p: &Partition) -> Vec<(i64, i32)> {
+    let mut out = Vec::new();
+    let mut off = p.log_start_offset();
+    loop {
+        let r = p.read(off, 1 << 20, true).unwrap();
+        if r.records.is_empty() {
+            return out;
+        }
+        for (_, h) in BatchIter::new(&r.records, 1 << 30, true) {
+            out.push((h.base_offset, h.record_count));
+            off = h.next_offset();
+        }
+    }
+}
+
+#[test]
+fn appended_batches_get_contiguous_offsets_and_read_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = open(dir.path());
+    let t = log.create_topic("t", 2, BTreeMap::new()).unwrap();
+    let p = &t.partitions[1];
+    assert_eq!(append_n(p, 3, 4, 1000), vec![0, 4, 8]);
+    p.flush().unwrap();
+    assert_eq!(p.high_watermark(), 12);
+    assert_eq!(read_all(p), vec![(0, 4), (4, 4), (8, 4)]);
+    // A read from the middle of a batch starts at that batch.
+    let r = p.read(5, 1 << 20, true).unwrap();
+    let first = batch::parse_header(&r.records, 1 << 20).unwrap();
+    assert_eq!(first.base_offset, 4);
+}
+
+#[test]
+fn unflushed_data_is_invisible_with_fsync_policy() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = open(dir.path());
+    let t = log.create_topic("t", 1, BTreeMap::new()).unwrap();
+    let p = &t.partitions[0];
+    // The flusher threads may flush at any moment, so flush explicitly and
+    // assert the invariant rather than the timing: hw <= leo, data readable to hw.
+    append_n(p, 2, 1, 0);
+    assert!(p.high_watermark() <= p.log_end_offset());
+    p.flush().unwrap();
+    assert_eq!(p.high_watermark(), 2);
+}
+
+#[test]
+fn max_bytes_returns_whole_batches_and_oversize_first_batch() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = open(dir.path());
+    let t = log.create_topic("t", 1, BTreeMap::new()).unwrap();
+    let p = &t.partitions[0];
+    append_n(p, 4, 10, 0);
+    p.flush().unwrap();
+    let one = make_batch(10, 20, 0, (-1, -1, -1)).len();
+    let r = p.read(0, one * 2 + 5, false).unwrap();
+    assert_eq!(r.records.len(), one * 2);
+    let r = p.read(0, 10, true).unwrap();
+    assert_eq!(r.records.len(), one, "first batch returned whole even if larger");
+    let r = p.read(0, 10, false).unwrap();
+    assert!(r.records.is_empty());
+}
+
+#[test]
+fn out_of_range_offsets_are_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = open(dir.path());
+    let t = log.create_topic("t", 1, BTreeMap::new()).unwrap();
+    let p = &t.partitions[0];
+    append_n(p, 1, 1, 0);
+    p.flush().unwrap();
+    assert!(p.read(1, 100, true).unwrap().records.is_empty());
+    assert!(matches!(p.read(2, 100, true), Err(LogError::OffsetOutOfRange { .. })));
+    assert!(matches!(p.read(-1, 100, true), Err(LogError::OffsetOutOfRange { .. })));
+}
+
+#[test]
+fn segments_roll_at_segment_bytes_and_reads_cross_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = open(dir.path());
+    let t = log.create_topic("t", 1, configs(&[("segment.bytes", "2048")])).unwrap();
+    let p = &t.partitions[0];
+    append_n(p, 40, 3, 0);
+    p.flush().unwrap();
+    assert!(p.segment_count() >= 3, "{}", p.segment_count());
+    let all = read_all(p);
+    assert_eq!(all.len(), 40);
+    for (i, (off, n)) in all.iter().enumerate() {
+        assert_eq!(*off, i as i64 * 3);
+        assert_eq!(*n, 3);
+    }
+}
+
+#[test]
+fn clean_restart_keeps_everything_and_skips_recovery() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let log = open(dir.path());
+        let t = log.create_topic("t", 1, configs(&[("segment.bytes", "4096"), ("retention.ms", "-1")])).unwrap();
+        append_n(&t.partitions[0], 50, 2, 0);
+        log.shutdown().unwrap();
+    }
+    let log = open(dir.path());
+    assert!(log.recovered_clean());
+    let t = log.topic("t").unwrap();
+    assert_eq!(t.config.retention_ms, -1);
+    let p = &t.partitions[0];
+    assert_eq!(p.log_end_offset(), 100);
+    assert_eq!(read_all(p).len(), 50);
+    // The marker is consumed: a crash now must not look clean.
+    assert!(!dir.path().join("clean-shutdown").exists());
+}
+
+#[test]
+fn torn_tail_is_truncated_on_recovery() {
+    let dir = tempfile::tempdir().unwrap();
+    let seg_path;
+    {
+        let log = open(dir.path());
+        let t = log.create_topic("t", 1, BTreeMap::new()).unwrap();
+        let p = &t.partitions[0];
+        append_n(p, 5, 2, 0);
+        p.flush().unwrap();
+        seg_path = p.segments().last().unwrap().path.clone();
+        // no shutdown: simulates kill -9
+    }
+    // Append half a batch, as a crash mid-write would leave.
+    let b = make_batch(2, 20, 0, (-1, -1, -1));
+    let mut f = OpenOptions::new().append(true).open(&seg_path).unwrap();
+    f.write_all(&b[..b.len() / 2]).unwrap();
+    drop(f);
+    let log = open(dir.path());
+    assert!(!log.recovered_clean());
+    let p = log.partition("t", 0).unwrap();
+    assert_eq!(p.log_end_offset(), 10);
+    assert_eq!(p.stats.truncated_bytes.load(std::sync::atomic::Ordering::Relaxed), (b.len() / 2) as u64);
+    assert_eq!(append_n(&p, 1, 1, 0), vec![10]);
+}
+
+#[test]
+fn corrupt_sealed_segment_is_reported_and_rest_stays_readable() {
+    let dir = tempfile::tempdir().unwrap();
+    let first_seg;
+    {
+        let log = open(dir.path());
+        let t = log.create_topic("t", 1, configs(&[("segment.bytes", "2048")])).unwrap();
+        let p = &t.partitions[0];
+        append_n(p, 30, 3, 0);
+        p.flush().unwrap();
+        first_seg = p.segments()[0].clone();
+    }
+    // Flip a byte inside the first batch's records and drop its index.
+    let mut bytes = std::fs::read(&first_seg.path).unwrap();
+    bytes[100] ^= 0xff;
+    std::fs::write(&first_seg.path, &bytes).unwrap();
+    std::fs::remove_file(first_seg.path.with_extension("index")).unwrap();
+    let log = open(dir.path());
+    let p = log.partition("t", 0).unwrap();
+    assert_eq!(p.stats.corrupt_segments.load(std::sync::atomic::Ordering::Relaxed), 1);
+    assert_eq!(p.log_end_offset(), 90);
+    // Later segments read fine.
+    let r = p.read(first_seg.next_offset, 1 << 20, true).unwrap();
+    assert!(!r.records.is_empty());
+}
+
+#[test]
+fn idempotent_retry_is_not_appended_twice_even_after_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = make_batch(3, 10, 0, (7, 0, 0));
+    {
+        let log = open(dir.path());
+        let t = log.create_topic("t", 1, configs(&[("segment.bytes", "1024")])).unwrap();
+        let p = &t.partitions[0];
+        append_n(p, 20, 1, 0);
+        assert_eq!(p.append(&b, 0).unwrap().base_offset, 20);
+        let again = p.append(&b, 0).unwrap();
+        assert!(again.duplicate);
+        assert_eq!(again.base_offset, 20);
+        p.flush().unwrap();
+    }
+    // Crash recovery rebuilds producer state from snapshots + scan.
+    let log = open(dir.path());
+    let p = log.partition("t", 0).unwrap();
+    let again = p.append(&b, 0).unwrap();
+    assert!(again.duplicate);
+    assert_eq!(again.base_offset, 20);
+    assert_eq!(p.log_end_offset(), 23);
+    let gap = make_batch(1, 10, 0, (7, 0, 9));
+    assert!(matches!(p.append(&gap, 0), Err(LogError::OutOfOrderSequence { .. })));
+}
+
+#[test]
+fn bad_crc_is_rejected_and_nothing_is_appended() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = open(dir.path());
+    let t = log.create_topic("t", 1, BTreeMap::new()).unwrap();
+    let p = &t.partitions[0];
+    let mut b = make_batch(2, 10, 0, (-1, -1, -1));
+    let n = b.len();
+    b[n - 3] ^= 1;
+    assert!(matches!(p.append(&b, 0), Err(LogError::InvalidBatch(_))));
+    assert_eq!(p.log_end_offset(), 0);
+}
+
+#[test]
+fn oversized_batch_is_rejected() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = open(dir.path());
+    let t = log.create_topic("t", 1, configs(&[("max.message.bytes", "100")])).unwrap();
+    let b = make_batch(10, 50, 0, (-1, -1, -1));
+    assert!(matches!(t.partitions[0].append(&b, 0), Err(LogError::MessageTooLarge { .. })));
+}
+
+#[test]
+fn offsets_for_timestamp_find_first_record_at_or_after() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = open(dir.path());
+    let t = log.create_topic("t", 1, configs(&[("segment.bytes", "2048")])).unwrap();
+    let p = &t.partitions[0];
+    // batch i has records with timestamps 1000*i + 0..4
+    for i in 0..30 {
+        let b = make_batch(4, 20, 1000 * i, (-1, -1, -1));
+        p.append(&b, 0).unwrap();
+    }
+    p.flush().unwrap();
+    assert_eq!(p.offset_for_timestamp(0).unwrap(), Some((0, 0)));
+    assert_eq!(p.offset_for_timestamp(5002).unwrap(), Some((22, 5002)));
+    assert_eq!(p.offset_for_timestamp(5004).unwrap(), Some((24, 6000)));
+    assert_eq!(p.offset_for_timestamp(1_000_000).unwrap(), None);
+    assert_eq!(p.max_timestamp(), Some((116, 29003)));
+}
+
+#[test]
+fn log_append_time_overwrites_timestamps() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = open(dir.path());
+    let t = log
+        .create_topic("t", 1, configs(&[("message.timestamp.type", "LogAppendTime")]))
+        .unwrap();
+    let p = &t.partitions[0];
+    let r = p.append(&make_batch(2, 5, 1, (-1, -1, -1)), 777_000).unwrap();
+    assert_eq!(r.log_append_time, 777_000);
+    p.flush().unwrap();
+    let read = p.read(0, 1 << 20, true).unwrap();
+    let h = batch::validate(&read.records, 1 << 20).unwrap();
+    assert!(h.is_log_append_time());
+    assert_eq!(h.max_timestamp, 777_000);
+}
+
+#[test]
+fn retention_by_bytes_deletes_oldest_whole_segments() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = open(dir.path());
+    let t = log
+        .create_topic("t", 1, configs(&[("segment.bytes", "2048"), ("retention.bytes", "4096"), ("retention.ms", "-1")]))
+        .unwrap();
+    let p = &t.partitions[0];
+    append_n(p, 60, 2, 0);
+    p.flush().unwrap();
+    let before = p.segment_count();
+    let deleted = p.enforce_retention(crate::now_ms()).unwrap();
+    assert!(deleted > 0);
+    assert_eq!(p.segment_count(), before - deleted);
+    assert!(p.size_bytes() <= 4096 + 2048);
+    let start = p.log_start_offset();
+    assert!(start > 0);
+    assert!(matches!(p.read(0, 100, true), Err(LogError::OffsetOutOfRange { .. })));
+    assert!(!p.read(start, 100, true).unwrap().records.is_empty());
+}
+
+#[test]
+fn retention_by_time_deletes_expired_segments_including_active() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = open(dir.path());
+    let t = log.create_topic("t", 1, configs(&[("retention.ms", "1000")])).unwrap();
+    let p = &t.partitions[0];
+    append_n(p, 10, 2, 5); // timestamps in 1970: long expired
+    p.flush().unwrap();
+    assert!(p.enforce_retention(crate::now_ms()).unwrap() >= 1);
+    assert_eq!(p.log_start_offset(), 20);
+    assert_eq!(p.log_end_offset(), 20);
+}
+
+#[test]
+fn topic_lifecycle_and_name_rules() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = open(dir.path());
+    assert!(log.create_topic("bad/name", 1, BTreeMap::new()).is_err());
+    assert!(log.create_topic("ok", 0, BTreeMap::new()).is_err());
+    log.create_topic("ok", 3, BTreeMap::new()).unwrap();
+    assert!(matches!(log.create_topic("ok", 1, BTreeMap::new()), Err(LogError::TopicExists { .. })));
+    log.delete_topic("ok").unwrap();
+    assert!(log.topic("ok").is_none());
+    log.shutdown().unwrap();
+    let log = open(dir.path());
+    assert!(log.topics().is_empty());
+}
+
+#[test]
+fn producer_ids_are_never_reused_across_restarts() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = {
+        let log = open(dir.path());
+        log.allocate_producer_id().unwrap();
+        log.allocate_producer_id().unwrap()
+    };
+    let log = open(dir.path());
+    assert!(log.allocate_producer_id().unwrap() > a);
+}
+
+#[tokio::test]
+async fn wait_durable_returns_once_flusher_syncs() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = open(dir.path());
+    let t = log.create_topic("t", 1, BTreeMap::new()).unwrap();
+    let p = t.partitions[0].clone();
+    let r = p.append(&make_batch(1, 5, 0, (-1, -1, -1)), 0).unwrap();
+    p.wait_durable(r.end_offset, Duration::from_secs(5)).await.unwrap();
+    assert_eq!(p.high_watermark(), 1);
+}

@@ -1,0 +1,225 @@
+"""Fixtures that run the real `sediment` binary for end-to-end tests.
+
+Every test gets a broker of its own on a free loopback port with a fresh data
+directory, so tests never see each other's topics or offsets. Whatever a test
+starts is stopped when it ends, even when it fails; on failure the broker's
+log is printed so the reason is in the test output.
+
+The binary is `target/debug/sediment` unless SEDIMENT_BIN names another.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Optional
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import kafka_raw  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[2]
+BINARY = Path(os.environ.get("SEDIMENT_BIN", REPO / "target" / "debug" / "sediment"))
+READY_TIMEOUT = float(os.environ.get("SEDIMENT_READY_TIMEOUT", "30"))
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def binary() -> Path:
+    if not BINARY.exists():
+        pytest.fail(f"{BINARY} does not exist: build it first (cargo build)")
+    return BINARY
+
+
+class Broker:
+    """A `sediment serve` process, restartable on the same port and data dir."""
+
+    def __init__(self, data_dir: Path, log_dir: Path, extra_args: list[str], name: str):
+        self.data_dir = data_dir
+        self.port = free_port()
+        self.host = "127.0.0.1"
+        self.extra_args = list(extra_args)
+        self.log_path = log_dir / f"{name}.log"
+        self.proc: Optional[subprocess.Popen] = None
+        self.starts = 0
+        self.last_ready_seconds: Optional[float] = None
+
+    @property
+    def bootstrap(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def command(self) -> list[str]:
+        return [str(binary()), "serve", "--data-dir", str(self.data_dir),
+                "--kafka-addr", self.bootstrap, *self.extra_args]
+
+    def start(self, timeout: float = READY_TIMEOUT) -> float:
+        """Start and wait until the Kafka port answers ApiVersions; returns seconds taken."""
+        assert not self.running(), "broker already running"
+        self.starts += 1
+        log = open(self.log_path, "ab")
+        log.write(f"\n===== start #{self.starts}: {' '.join(self.command())}\n".encode())
+        log.flush()
+        env = dict(os.environ)
+        env.setdefault("RUST_BACKTRACE", "1")
+        t0 = time.monotonic()
+        self.proc = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT,
+                                     stdin=subprocess.DEVNULL, env=env)
+        log.close()
+        deadline = t0 + timeout
+        while True:
+            if self.proc.poll() is not None:
+                raise AssertionError(
+                    f"broker exited with {self.proc.returncode} during startup\n{self.log_tail()}")
+            if self._port_open() and kafka_raw.broker_alive(self.bootstrap, timeout=2):
+                break
+            if time.monotonic() > deadline:
+                raise AssertionError(f"broker not ready after {timeout}s\n{self.log_tail()}")
+            time.sleep(0.02)
+        self.last_ready_seconds = time.monotonic() - t0
+        return self.last_ready_seconds
+
+    def _port_open(self) -> bool:
+        try:
+            with socket.create_connection((self.host, self.port), timeout=0.5):
+                return True
+        except OSError:
+            return False
+
+    def stop(self, timeout: float = 30.0) -> int:
+        """SIGTERM and wait; returns the exit code. Fails if it does not exit in time."""
+        if not self.running():
+            return self.proc.returncode if self.proc else 0
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+            raise AssertionError(f"broker ignored SIGTERM for {timeout}s\n{self.log_tail()}")
+
+    def kill9(self) -> None:
+        """SIGKILL: no flush, no clean-stop marker, like a power cut for the process."""
+        if self.running():
+            self.proc.kill()
+            self.proc.wait()
+
+    def restart(self, clean: bool = True) -> float:
+        if clean:
+            code = self.stop()
+            assert code == 0, f"graceful stop exited with {code}\n{self.log_tail()}"
+        else:
+            self.kill9()
+        return self.start()
+
+    def assert_alive(self) -> None:
+        assert self.running(), f"broker died (exit {self.proc.returncode})\n{self.log_tail()}"
+        assert kafka_raw.broker_alive(self.bootstrap), f"broker stopped answering\n{self.log_tail()}"
+
+    def rss_bytes(self) -> int:
+        with open(f"/proc/{self.pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) * 1024
+        return 0
+
+    def log_tail(self, lines: int = 80) -> str:
+        try:
+            text = self.log_path.read_text(errors="replace").splitlines()
+        except FileNotFoundError:
+            return "(no broker log)"
+        return "----- broker log (tail) -----\n" + "\n".join(text[-lines:])
+
+    def log_text(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    # console tools -------------------------------------------------------
+    def cli(self, *args: str, input: Optional[str] = None, timeout: float = 60,
+            check: bool = True) -> subprocess.CompletedProcess:
+        return run_cli("--bootstrap-server", self.bootstrap, *args, input=input,
+                       timeout=timeout, check=check)
+
+
+def run_cli(*args: str, input: Optional[str] = None, timeout: float = 60,
+            check: bool = True) -> subprocess.CompletedProcess:
+    cmd = [str(binary()), *args]
+    p = subprocess.run(cmd, input=input, capture_output=True, text=True, timeout=timeout,
+                       stdin=None if input is not None else subprocess.DEVNULL)
+    if check and p.returncode != 0:
+        raise AssertionError(
+            f"{' '.join(cmd)} exited {p.returncode}\nstdout:\n{p.stdout}\nstderr:\n{p.stderr}")
+    return p
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    rep = outcome.get_result()
+    setattr(item, "rep_" + rep.when, rep)
+
+
+@pytest.fixture
+def make_broker(tmp_path, request):
+    """Factory: make_broker(*extra_args, start=True) -> Broker. All are stopped at teardown."""
+    started: list[Broker] = []
+
+    def factory(*extra_args: str, start: bool = True) -> Broker:
+        n = len(started)
+        data_dir = tmp_path / f"data{n}"
+        data_dir.mkdir()
+        b = Broker(data_dir, tmp_path, list(extra_args), f"broker{n}")
+        started.append(b)
+        if start:
+            b.start()
+        return b
+
+    yield factory
+
+    failed = any(getattr(request.node, f"rep_{w}", None) is not None
+                 and getattr(request.node, f"rep_{w}").failed for w in ("setup", "call"))
+    crashed = []
+    for b in started:
+        if b.proc is not None and b.proc.poll() is not None and b.proc.returncode not in (0, -9):
+            crashed.append(b)
+        b.kill9()
+        if failed or b in crashed:
+            sys.stderr.write(f"\n{b.log_tail(150)}\n")
+    panics = [b.log_tail(150) for b in started if "panicked at" in b.log_text()]
+    if not failed and not panics:
+        shutil.rmtree(tmp_path, ignore_errors=True)
+    if panics:
+        pytest.fail("the broker panicked (never acceptable):\n" + "\n".join(panics))
+
+
+@pytest.fixture
+def broker(make_broker) -> Broker:
+    """A fresh single broker with default settings (no auto-create, fsync flush)."""
+    return make_broker()
+
+
+@pytest.fixture
+def group_broker(make_broker) -> Broker:
+    """A broker that starts rebalances at once, so group tests do not wait 3 s per join."""
+    return make_broker("--group-initial-rebalance-delay-ms", "0")
