@@ -1,1 +1,212 @@
-fn main() {}
+//! The `sediment` binary: the broker (`serve`) and the console tools
+//! (`topic`, `produce`, `consume`) that talk to it over the Kafka protocol.
+
+mod cli;
+mod config;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use config::{ServeArgs, Settings};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "sediment",
+    version,
+    about = "A Kafka-compatible streaming log with SQL over hot segments and a Parquet archive"
+)]
+struct Cli {
+    /// Broker the console tools talk to (host:port).
+    #[arg(
+        long = "bootstrap-server",
+        alias = "bootstrap",
+        env = "SEDIMENT_BOOTSTRAP_SERVER",
+        default_value = "127.0.0.1:9092",
+        global = true
+    )]
+    bootstrap_server: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the broker.
+    Serve(ServeArgs),
+    /// Create, list, describe or delete topics.
+    Topic(cli::TopicArgs),
+    /// Produce lines from stdin as records.
+    Produce(cli::ProduceArgs),
+    /// Print records to stdout.
+    Consume(cli::ConsumeArgs),
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let filter = tracing_subscriber::EnvFilter::try_from_env("SEDIMENT_LOG")
+        .or_else(|_| tracing_subscriber::EnvFilter::try_from_default_env())
+        .unwrap_or_else(|_| {
+            let default = if matches!(cli.command, Command::Serve(_)) {
+                "info"
+            } else {
+                "warn"
+            };
+            tracing_subscriber::EnvFilter::new(default)
+        });
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async move {
+        match cli.command {
+            Command::Serve(args) => serve(args).await,
+            Command::Topic(a) => cli::topic::run(a, &cli.bootstrap_server).await,
+            Command::Produce(a) => cli::produce::run(a, &cli.bootstrap_server).await,
+            Command::Consume(a) => cli::consume::run(a, &cli.bootstrap_server).await,
+        }
+    });
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn serve(args: ServeArgs) -> Result<()> {
+    let settings = Settings::resolve(&args)?;
+    let started = std::time::Instant::now();
+    let mut log_config = sediment_log::LogConfig::new(&settings.data_dir);
+    log_config.flush_policy = settings.flush;
+    log_config.topic_defaults = sediment_log::TopicConfig::with_overrides(
+        &sediment_log::TopicConfig::default(),
+        &settings.topic_defaults,
+    )
+    .context("invalid --topic-default")?;
+    log_config.topic_defaults.overrides.clear();
+    let log = tokio::task::spawn_blocking(move || sediment_log::LogManager::open(log_config))
+        .await
+        .context("opening the log")?
+        .with_context(|| format!("opening data directory {}", settings.data_dir.display()))?;
+
+    let cancel = CancellationToken::new();
+    let tracker = TaskTracker::new();
+    let mut group_config = sediment_ingest::group::GroupConfig::new(log.node_id());
+    group_config.initial_rebalance_delay =
+        Duration::from_millis(settings.group_initial_rebalance_delay_ms);
+    let groups = sediment_ingest::group::GroupCoordinator::open(
+        &settings.data_dir.join("groups"),
+        group_config,
+        cancel.clone(),
+    )
+    .await
+    .context("opening consumer-group offsets")?;
+
+    let listener = tokio::net::TcpListener::bind(settings.kafka_addr)
+        .await
+        .with_context(|| format!("binding the Kafka listener on {}", settings.kafka_addr))?;
+    let bound = listener.local_addr()?;
+    let ingest = sediment_ingest::IngestConfig {
+        advertised_host: settings.advertised_host.clone(),
+        advertised_port: bound.port(),
+        auto_create_topics: settings.auto_create_topics,
+        default_partitions: settings.default_partitions,
+        max_request_bytes: settings.max_request_bytes,
+    };
+    let broker = Arc::new(sediment_ingest::Broker::new(
+        log.clone(),
+        groups.clone(),
+        ingest,
+    ));
+    tracker.spawn(sediment_ingest::serve(
+        listener,
+        broker,
+        cancel.clone(),
+        tracker.clone(),
+    ));
+    tracker.spawn(retention_loop(
+        log.clone(),
+        Duration::from_millis(settings.retention_check_interval_ms),
+        cancel.clone(),
+    ));
+    tracing::info!(
+        kafka = %bound,
+        data_dir = %settings.data_dir.display(),
+        clean_start = log.recovered_clean(),
+        startup_ms = started.elapsed().as_millis() as u64,
+        "sediment ready"
+    );
+    tracing::info!(pg_addr = %settings.pg_addr, object_store = %settings.object_store, "the Postgres listener and the Parquet archive are not enabled in this build yet; settings accepted");
+
+    wait_for_signal().await;
+    tracing::info!("shutting down");
+    cancel.cancel();
+    tracker.close();
+    if tokio::time::timeout(Duration::from_secs(10), tracker.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!("connections did not close within 10 s; closing the log anyway");
+    }
+    groups.shutdown().await;
+    tokio::task::spawn_blocking(move || log.shutdown())
+        .await
+        .context("closing the log")?
+        .context("closing the log")?;
+    tracing::info!("sediment stopped cleanly");
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
+        (Ok(mut term), Ok(mut int)) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+        }
+        _ => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
+
+/// Periodic retention and segment.ms rolls, until cancelled.
+async fn retention_loop(
+    log: Arc<sediment_log::LogManager>,
+    every: Duration,
+    cancel: CancellationToken,
+) {
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tokio::time::sleep(every) => {}
+        }
+        let l = log.clone();
+        match tokio::task::spawn_blocking(move || l.enforce_retention()).await {
+            Ok(n) if n > 0 => tracing::info!(segments = n, "retention deleted segments"),
+            Ok(_) => {}
+            Err(e) => tracing::error!(error = %e, "retention task failed"),
+        }
+    }
+}

@@ -65,7 +65,10 @@ pub enum BatchError {
     /// The stored CRC does not match the bytes.
     CrcMismatch { stored: u32, computed: u32 },
     /// The header's record count disagrees with its last offset delta.
-    CountMismatch { record_count: i32, last_offset_delta: i32 },
+    CountMismatch {
+        record_count: i32,
+        last_offset_delta: i32,
+    },
     /// Compression codec bits outside 0..=4.
     UnknownCodec { codec: i16 },
     /// Transactional or control batches: transactions are not supported yet.
@@ -76,7 +79,10 @@ impl fmt::Display for BatchError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             BatchError::Truncated { needed, available } => {
-                write!(f, "record batch truncated: needs {needed} bytes, {available} available")
+                write!(
+                    f,
+                    "record batch truncated: needs {needed} bytes, {available} available"
+                )
             }
             BatchError::BadLength { length, max } => {
                 write!(f, "record batch length {length} outside 49..={max}")
@@ -402,7 +408,10 @@ pub(crate) mod tests {
         assert_eq!(h.record_count, 3);
         assert_eq!(h.last_offset_delta, 2);
         assert_eq!(h.max_timestamp, 1002);
-        assert_eq!((h.producer_id, h.producer_epoch, h.base_sequence), (7, 1, 5));
+        assert_eq!(
+            (h.producer_id, h.producer_epoch, h.base_sequence),
+            (7, 1, 5)
+        );
         assert_eq!(h.last_sequence(), 7);
         assert_eq!(h.size, b.len());
     }

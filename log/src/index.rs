@@ -218,7 +218,10 @@ mod tests {
         // entries every 4 batches (1200 bytes >= 1000): offsets 0,40,80,...
         assert_eq!(idx.offsets[1], (40, 1200));
         assert_eq!(idx.lookup(100, 145), 1200);
-        assert_eq!(idx.lookup(100, 10_000), u64::from(idx.offsets.last().unwrap().1));
+        assert_eq!(
+            idx.lookup(100, 10_000),
+            u64::from(idx.offsets.last().unwrap().1)
+        );
     }
 
     #[test]

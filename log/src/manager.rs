@@ -103,6 +103,7 @@ pub struct LogManager {
     /// Serializes topic creation and deletion.
     admin_lock: Mutex<()>,
     flush_queue: Arc<FlushQueue>,
+    hw_changed: Arc<tokio::sync::watch::Sender<u64>>,
     flushers: Mutex<Vec<JoinHandle<()>>>,
     producer_ids: Mutex<(i64, i64)>,
     cluster_id: String,
@@ -116,7 +117,11 @@ impl std::fmt::Debug for LogManager {
     }
 }
 
-fn read_json<T: for<'de> Deserialize<'de>>(path: &Path, kind: &[u8; 4], version: u16) -> Result<T, LogError> {
+fn read_json<T: for<'de> Deserialize<'de>>(
+    path: &Path,
+    kind: &[u8; 4],
+    version: u16,
+) -> Result<T, LogError> {
     let bytes = frame::read_file(path, META_LIMIT).map_err(|e| LogError::io(path, e))?;
     let what = path.display().to_string();
     let (_, payload) = frame::decode(&what, &bytes, kind, version, META_LIMIT)?;
@@ -127,13 +132,19 @@ fn read_json<T: for<'de> Deserialize<'de>>(path: &Path, kind: &[u8; 4], version:
     })
 }
 
-fn write_json<T: Serialize>(path: &Path, kind: &[u8; 4], version: u16, value: &T) -> Result<(), LogError> {
+fn write_json<T: Serialize>(
+    path: &Path,
+    kind: &[u8; 4],
+    version: u16,
+    value: &T,
+) -> Result<(), LogError> {
     let payload = serde_json::to_vec(value).map_err(|e| LogError::Corrupt {
         path: path.to_path_buf(),
         position: 0,
         reason: e.to_string(),
     })?;
-    frame::write_atomic(path, &frame::encode(kind, version, &payload)).map_err(|e| LogError::io(path, e))
+    frame::write_atomic(path, &frame::encode(kind, version, &payload))
+        .map_err(|e| LogError::io(path, e))
 }
 
 /// Kafka's topic name rules.
@@ -155,13 +166,17 @@ pub fn validate_topic_name(name: &str) -> Result<(), LogError> {
         .bytes()
         .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-')
     {
-        return Err(bad("only ASCII letters, digits, '.', '_' and '-' are allowed"));
+        return Err(bad(
+            "only ASCII letters, digits, '.', '_' and '-' are allowed",
+        ));
     }
     Ok(())
 }
 
 fn parse_uuid(s: &str) -> [u8; 16] {
-    uuid::Uuid::parse_str(s).map(|u| *u.as_bytes()).unwrap_or([0; 16])
+    uuid::Uuid::parse_str(s)
+        .map(|u| *u.as_bytes())
+        .unwrap_or([0; 16])
 }
 
 impl LogManager {
@@ -186,7 +201,9 @@ impl LogManager {
         let clean_path = dir.join("clean-shutdown");
         let clean = match read_json::<serde_json::Value>(&clean_path, CLEAN_KIND, 1) {
             Ok(_) => true,
-            Err(LogError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => false,
+            Err(LogError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
+                false
+            }
             Err(e) => {
                 tracing::warn!(error = %e, "unreadable clean-shutdown marker; running full recovery");
                 false
@@ -201,10 +218,12 @@ impl LogManager {
         };
 
         let flush_queue = Arc::new(FlushQueue::default());
+        let hw_changed = Arc::new(tokio::sync::watch::Sender::new(0u64));
         let now = now_ms();
         let ctx = PartitionContext {
             flush_policy: config.flush_policy,
             flush_queue: flush_queue.clone(),
+            hw_changed: hw_changed.clone(),
             leader_epoch: 0,
             clean,
             now_ms: now,
@@ -222,10 +241,19 @@ impl LogManager {
                 continue;
             }
             let meta: TopicMeta = read_json(&meta_path, TOPIC_KIND, TOPIC_VERSION)?;
-            let tconfig = Arc::new(TopicConfig::with_overrides(&config.topic_defaults, &meta.configs)?);
+            let tconfig = Arc::new(TopicConfig::with_overrides(
+                &config.topic_defaults,
+                &meta.configs,
+            )?);
             let mut partitions = Vec::with_capacity(meta.partitions as usize);
             for p in 0..meta.partitions {
-                partitions.push(Partition::open(tdir.join(p.to_string()), &meta.name, p, tconfig.clone(), &ctx)?);
+                partitions.push(Partition::open(
+                    tdir.join(p.to_string()),
+                    &meta.name,
+                    p,
+                    tconfig.clone(),
+                    &ctx,
+                )?);
             }
             topics.insert(
                 meta.name.clone(),
@@ -256,6 +284,7 @@ impl LogManager {
             topics: RwLock::new(topics),
             admin_lock: Mutex::new(()),
             flush_queue,
+            hw_changed,
             flushers: Mutex::new(Vec::new()),
             producer_ids: Mutex::new((pid_start, pid_start)),
             cluster_id: broker.cluster_id,
@@ -278,6 +307,11 @@ impl LogManager {
             handles.push(h);
         }
         Ok(())
+    }
+
+    /// Changes whenever any partition's high watermark advances.
+    pub fn subscribe_high_watermarks(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.hw_changed.subscribe()
     }
 
     pub fn cluster_id(&self) -> &str {
@@ -305,11 +339,19 @@ impl LogManager {
     }
 
     pub fn partition(&self, topic: &str, partition: i32) -> Option<Arc<Partition>> {
-        self.topics.read().get(topic).and_then(|t| t.partition(partition).cloned())
+        self.topics
+            .read()
+            .get(topic)
+            .and_then(|t| t.partition(partition).cloned())
     }
 
     /// Checks a topic creation without performing it (CreateTopics validate_only).
-    pub fn validate_topic(&self, name: &str, partitions: i32, configs: &BTreeMap<String, String>) -> Result<TopicConfig, LogError> {
+    pub fn validate_topic(
+        &self,
+        name: &str,
+        partitions: i32,
+        configs: &BTreeMap<String, String>,
+    ) -> Result<TopicConfig, LogError> {
         validate_topic_name(name)?;
         if !(1..=MAX_PARTITIONS).contains(&partitions) {
             return Err(LogError::InvalidPartitions {
@@ -318,13 +360,20 @@ impl LogManager {
             });
         }
         if self.topics.read().contains_key(name) {
-            return Err(LogError::TopicExists { name: name.to_string() });
+            return Err(LogError::TopicExists {
+                name: name.to_string(),
+            });
         }
         TopicConfig::with_overrides(&self.config.topic_defaults, configs)
     }
 
     /// Creates a topic durably. Blocking I/O.
-    pub fn create_topic(&self, name: &str, partitions: i32, configs: BTreeMap<String, String>) -> Result<Arc<Topic>, LogError> {
+    pub fn create_topic(
+        &self,
+        name: &str,
+        partitions: i32,
+        configs: BTreeMap<String, String>,
+    ) -> Result<Arc<Topic>, LogError> {
         let _admin = self.admin_lock.lock();
         let tconfig = Arc::new(self.validate_topic(name, partitions, &configs)?);
         let tdir = self.config.data_dir.join("topics").join(name);
@@ -335,13 +384,20 @@ impl LogManager {
         let ctx = PartitionContext {
             flush_policy: self.config.flush_policy,
             flush_queue: self.flush_queue.clone(),
+            hw_changed: self.hw_changed.clone(),
             leader_epoch: 0,
             clean: true,
             now_ms: now_ms(),
         };
         let mut parts = Vec::with_capacity(partitions as usize);
         for p in 0..partitions {
-            parts.push(Partition::open(tdir.join(p.to_string()), name, p, tconfig.clone(), &ctx)?);
+            parts.push(Partition::open(
+                tdir.join(p.to_string()),
+                name,
+                p,
+                tconfig.clone(),
+                &ctx,
+            )?);
         }
         let meta = TopicMeta {
             name: name.to_string(),
@@ -372,7 +428,9 @@ impl LogManager {
             .topics
             .write()
             .remove(name)
-            .ok_or_else(|| LogError::UnknownTopic { name: name.to_string() })?;
+            .ok_or_else(|| LogError::UnknownTopic {
+                name: name.to_string(),
+            })?;
         let trash = self
             .config
             .data_dir
@@ -419,7 +477,9 @@ impl LogManager {
                 }
                 match p.enforce_retention(now) {
                     Ok(n) => deleted += n,
-                    Err(e) => tracing::warn!(error = %e, topic = %topic.meta.name, partition = p.id, "retention failed"),
+                    Err(e) => {
+                        tracing::warn!(error = %e, topic = %topic.meta.name, partition = p.id, "retention failed")
+                    }
                 }
             }
         }
@@ -444,7 +504,12 @@ impl LogManager {
         }
         if result.is_ok() {
             let path = self.config.data_dir.join("clean-shutdown");
-            write_json(&path, CLEAN_KIND, 1, &serde_json::json!({ "stopped_ms": now_ms() }))?;
+            write_json(
+                &path,
+                CLEAN_KIND,
+                1,
+                &serde_json::json!({ "stopped_ms": now_ms() }),
+            )?;
             tracing::info!("log closed cleanly");
         }
         result

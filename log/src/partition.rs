@@ -92,6 +92,8 @@ pub struct Partition {
     config: RwLock<Arc<TopicConfig>>,
     inner: Mutex<Inner>,
     hw_tx: watch::Sender<i64>,
+    /// Broker-wide "some high watermark moved" signal for fetch long-polls.
+    hw_changed: Arc<watch::Sender<u64>>,
     leader_epoch: i32,
     flush_policy: FlushPolicy,
     flush_queue: Arc<FlushQueue>,
@@ -111,6 +113,7 @@ impl std::fmt::Debug for Partition {
 pub struct PartitionContext {
     pub flush_policy: FlushPolicy,
     pub flush_queue: Arc<FlushQueue>,
+    pub hw_changed: Arc<watch::Sender<u64>>,
     pub leader_epoch: i32,
     /// The previous run stopped cleanly (index files and snapshots current).
     pub clean: bool,
@@ -156,30 +159,36 @@ impl Partition {
         for (i, &base) in bases.iter().enumerate() {
             let path = dir.join(segment::file_name(base, LOG_SUFFIX));
             let is_active = i + 1 == bases.len();
-            let file_len = fs::metadata(&path).map_err(|e| LogError::io(&path, e))?.len();
+            let file_len = fs::metadata(&path)
+                .map_err(|e| LogError::io(&path, e))?
+                .len();
             let index_path = path.with_extension(segment::INDEX_SUFFIX);
             let trusted = if is_active && !ctx.clean {
                 None
             } else {
                 match frame::read_file(&index_path, crate::index::INDEX_LIMIT) {
-                    Ok(bytes) => match SegmentIndex::decode(&index_path.display().to_string(), &bytes, base) {
-                        Ok(idx) if idx.size == file_len => Some(idx),
-                        Ok(idx) => {
-                            tracing::warn!(path = %index_path.display(), indexed = idx.size, file_len, "index does not match segment size; rebuilding");
-                            None
+                    Ok(bytes) => {
+                        match SegmentIndex::decode(&index_path.display().to_string(), &bytes, base)
+                        {
+                            Ok(idx) if idx.size == file_len => Some(idx),
+                            Ok(idx) => {
+                                tracing::warn!(path = %index_path.display(), indexed = idx.size, file_len, "index does not match segment size; rebuilding");
+                                None
+                            }
+                            Err(e) => {
+                                tracing::warn!(error = %e, "unreadable index; rebuilding");
+                                None
+                            }
                         }
-                        Err(e) => {
-                            tracing::warn!(error = %e, "unreadable index; rebuilding");
-                            None
-                        }
-                    },
+                    }
                     Err(_) => None,
                 }
             };
             let seg = match trusted {
                 Some(idx) => Segment::open(path, base, idx, ctx.now_ms)?,
                 None => {
-                    let seg = Segment::open(path.clone(), base, SegmentIndex::new(base), ctx.now_ms)?;
+                    let seg =
+                        Segment::open(path.clone(), base, SegmentIndex::new(base), ctx.now_ms)?;
                     let out = seg.scan(interval, max_batch)?;
                     if let Some(err) = &out.error {
                         if is_active {
@@ -268,6 +277,7 @@ impl Partition {
                 dirty: false,
             }),
             hw_tx,
+            hw_changed: ctx.hw_changed.clone(),
             leader_epoch: ctx.leader_epoch,
             flush_policy: ctx.flush_policy,
             flush_queue: ctx.flush_queue.clone(),
@@ -406,7 +416,11 @@ impl Partition {
                 h.max_timestamp = log_append_time;
             }
             self.maybe_roll(&mut inner, &config, h.size as u64, h.next_offset(), now_ms)?;
-            let active = inner.segments.last().cloned().ok_or(LogError::NoActiveSegment)?;
+            let active = inner
+                .segments
+                .last()
+                .cloned()
+                .ok_or(LogError::NoActiveSegment)?;
             let position = active.size();
             if let Err(e) = active.write_at(slice, position) {
                 // Leave the file as it was: nothing of this batch is in the log.
@@ -430,7 +444,7 @@ impl Partition {
         let log_start_offset = inner.segments[0].base_offset;
         if self.flush_policy != FlushPolicy::Fsync {
             inner.high_watermark = end_offset;
-            self.hw_tx.send_replace(end_offset);
+            self.publish_hw(end_offset);
         }
         drop(inner);
         self.request_flush();
@@ -441,6 +455,11 @@ impl Partition {
             log_start_offset,
             duplicate: false,
         })
+    }
+
+    fn publish_hw(&self, hw: i64) {
+        self.hw_tx.send_replace(hw);
+        self.hw_changed.send_modify(|g| *g = g.wrapping_add(1));
     }
 
     fn request_flush(self: &Arc<Self>) {
@@ -537,7 +556,7 @@ impl Partition {
             Ok(()) => {
                 if target > inner.high_watermark {
                     inner.high_watermark = target;
-                    self.hw_tx.send_replace(target);
+                    self.publish_hw(target);
                 }
                 Ok(())
             }
@@ -553,10 +572,14 @@ impl Partition {
     }
 
     fn prune_snapshots(&self, newest: i64) {
-        let Ok(rd) = fs::read_dir(&self.dir) else { return };
+        let Ok(rd) = fs::read_dir(&self.dir) else {
+            return;
+        };
         let mut offs: Vec<i64> = rd
             .filter_map(|e| e.ok())
-            .filter_map(|e| segment::parse_file_name(&e.file_name().to_string_lossy(), SNAPSHOT_SUFFIX))
+            .filter_map(|e| {
+                segment::parse_file_name(&e.file_name().to_string_lossy(), SNAPSHOT_SUFFIX)
+            })
             .filter(|&o| o <= newest)
             .collect();
         offs.sort_unstable();
@@ -568,7 +591,11 @@ impl Partition {
 
     /// Waits until the high watermark reaches `end_offset` (the produce is
     /// durable), or the timeout passes.
-    pub async fn wait_durable(&self, end_offset: i64, timeout: std::time::Duration) -> Result<(), LogError> {
+    pub async fn wait_durable(
+        &self,
+        end_offset: i64,
+        timeout: std::time::Duration,
+    ) -> Result<(), LogError> {
         let mut rx = self.hw_tx.subscribe();
         let res = tokio::time::timeout(timeout, rx.wait_for(|hw| *hw >= end_offset))
             .await
@@ -583,7 +610,12 @@ impl Partition {
     /// Reads whole batches starting at the batch that contains `offset`, up
     /// to `max_bytes` (at least one whole batch if `allow_oversize`), never
     /// past the high watermark. Blocking I/O.
-    pub fn read(&self, offset: i64, max_bytes: usize, allow_oversize: bool) -> Result<ReadResult, LogError> {
+    pub fn read(
+        &self,
+        offset: i64,
+        max_bytes: usize,
+        allow_oversize: bool,
+    ) -> Result<ReadResult, LogError> {
         let config = self.config();
         let max_batch = Self::max_batch(&config);
         let (seg, hw, start, limit) = {
@@ -617,7 +649,14 @@ impl Partition {
             return Ok(empty);
         }
         let want = ((limit - pos) as usize).min(max_bytes);
-        let mut buf = seg.read_at(pos, want.max(if allow_oversize { first.size.min((limit - pos) as usize) } else { 0 }))?;
+        let mut buf = seg.read_at(
+            pos,
+            want.max(if allow_oversize {
+                first.size.min((limit - pos) as usize)
+            } else {
+                0
+            }),
+        )?;
         let mut end = 0;
         for (at, h) in batch::BatchIter::new(&buf, max_batch, false) {
             if h.base_offset >= hw || (at + h.size > max_bytes && at > 0) {
@@ -645,7 +684,11 @@ impl Partition {
         for seg in segments {
             let (max_ts, start_off, limit) = {
                 let idx = seg.index.read();
-                (idx.max_timestamp, idx.lookup_time(seg.base_offset, ts), idx.size)
+                (
+                    idx.max_timestamp,
+                    idx.lookup_time(seg.base_offset, ts),
+                    idx.size,
+                )
             };
             if max_ts < ts {
                 continue;
@@ -654,7 +697,9 @@ impl Partition {
                 continue;
             };
             while pos < limit {
-                let Some(h) = seg.header_at(pos, max_batch)? else { break };
+                let Some(h) = seg.header_at(pos, max_batch)? else {
+                    break;
+                };
                 if h.base_offset >= hw {
                     return Ok(None);
                 }
@@ -664,13 +709,13 @@ impl Partition {
                     }
                     let bytes = seg.read_at(pos, h.size)?;
                     let mut b = Bytes::from(bytes);
-                    let set = kafka_protocol::records::RecordBatchDecoder::decode(&mut b).map_err(|e| {
-                        LogError::Corrupt {
+                    let set = kafka_protocol::records::RecordBatchDecoder::decode(&mut b).map_err(
+                        |e| LogError::Corrupt {
                             path: seg.path.clone(),
                             position: pos,
                             reason: e.to_string(),
-                        }
-                    })?;
+                        },
+                    )?;
                     if let Some(r) = set.records.iter().find(|r| r.timestamp >= ts) {
                         return Ok(Some((r.offset, r.timestamp)));
                     }
@@ -718,11 +763,17 @@ impl Partition {
         let mut doomed = Vec::new();
         {
             let mut inner = self.inner.lock();
-            let pending: Vec<i64> = inner.pending_seals.iter().map(|p| p.segment.base_offset).collect();
+            let pending: Vec<i64> = inner
+                .pending_seals
+                .iter()
+                .map(|p| p.segment.base_offset)
+                .collect();
             let mut total: u64 = inner.segments.iter().map(|s| s.size()).sum();
             while inner.segments.len() > 1 {
                 let first = &inner.segments[0];
-                if pending.contains(&first.base_offset) || first.next_offset() > inner.high_watermark {
+                if pending.contains(&first.base_offset)
+                    || first.next_offset() > inner.high_watermark
+                {
                     break;
                 }
                 let (size, max_ts) = {
@@ -730,7 +781,8 @@ impl Partition {
                     (i.size, i.max_timestamp)
                 };
                 let by_time = config.retention_ms >= 0 && max_ts < now_ms - config.retention_ms;
-                let by_size = config.retention_bytes >= 0 && total - size >= config.retention_bytes as u64;
+                let by_size =
+                    config.retention_bytes >= 0 && total - size >= config.retention_bytes as u64;
                 if !(by_time || by_size) {
                     break;
                 }

@@ -71,7 +71,12 @@ impl Segment {
     }
 
     /// Opens an existing segment file with the given index.
-    pub fn open(path: PathBuf, base: i64, index: SegmentIndex, now_ms: i64) -> Result<Self, LogError> {
+    pub fn open(
+        path: PathBuf,
+        base: i64,
+        index: SegmentIndex,
+        now_ms: i64,
+    ) -> Result<Self, LogError> {
         let file = OpenOptions::new()
             .read(true)
             .write(true)
@@ -137,7 +142,10 @@ impl Segment {
         let mut buf = vec![0u8; len];
         let mut filled = 0;
         while filled < len {
-            match self.file.read_at(&mut buf[filled..], position + filled as u64) {
+            match self
+                .file
+                .read_at(&mut buf[filled..], position + filled as u64)
+            {
                 Ok(0) => break,
                 Ok(n) => filled += n,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -149,7 +157,11 @@ impl Segment {
     }
 
     /// Reads the header of the batch at `position`, if a whole header is there.
-    pub fn header_at(&self, position: u64, max_batch: usize) -> Result<Option<BatchHeader>, LogError> {
+    pub fn header_at(
+        &self,
+        position: u64,
+        max_batch: usize,
+    ) -> Result<Option<BatchHeader>, LogError> {
         let buf = self.read_at(position, BATCH_HEADER_LEN)?;
         if buf.len() < BATCH_HEADER_LEN {
             return Ok(None);
@@ -166,7 +178,12 @@ impl Segment {
     /// Position of the first batch whose last offset is >= `offset`, scanning
     /// forward from the index entry at or before it. `limit` is the segment
     /// size to consider. Returns None if no such batch is in the segment.
-    pub fn find(&self, offset: i64, limit: u64, max_batch: usize) -> Result<Option<(u64, BatchHeader)>, LogError> {
+    pub fn find(
+        &self,
+        offset: i64,
+        limit: u64,
+        max_batch: usize,
+    ) -> Result<Option<(u64, BatchHeader)>, LogError> {
         let mut pos = self.index.read().lookup(self.base_offset, offset);
         while pos < limit {
             let Some(h) = self.header_at(pos, max_batch)? else {
@@ -282,7 +299,12 @@ mod tests {
         for cut in 0..full {
             seg.truncate(cut as u64).unwrap();
             let out = seg.scan(0, 1 << 20).unwrap();
-            let expect = boundaries.iter().copied().filter(|&b| b <= cut as u64).max().unwrap_or(0);
+            let expect = boundaries
+                .iter()
+                .copied()
+                .filter(|&b| b <= cut as u64)
+                .max()
+                .unwrap_or(0);
             assert_eq!(out.valid_bytes, expect, "cut at {cut}");
             assert_eq!(out.error.is_some(), expect != cut as u64, "cut at {cut}");
             seg.write_at(&bytes[cut..], cut as u64).unwrap();

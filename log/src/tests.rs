@@ -16,7 +16,10 @@ fn open(dir: &std::path::Path) -> Arc<LogManager> {
 }
 
 fn configs(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-    pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
 }
 
 fn append_n(p: &Arc<Partition>, batches: usize, records: i32, ts: i64) -> Vec<i64> {
@@ -85,7 +88,11 @@ fn max_bytes_returns_whole_batches_and_oversize_first_batch() {
     let r = p.read(0, one * 2 + 5, false).unwrap();
     assert_eq!(r.records.len(), one * 2);
     let r = p.read(0, 10, true).unwrap();
-    assert_eq!(r.records.len(), one, "first batch returned whole even if larger");
+    assert_eq!(
+        r.records.len(),
+        one,
+        "first batch returned whole even if larger"
+    );
     let r = p.read(0, 10, false).unwrap();
     assert!(r.records.is_empty());
 }
@@ -99,15 +106,23 @@ fn out_of_range_offsets_are_errors() {
     append_n(p, 1, 1, 0);
     p.flush().unwrap();
     assert!(p.read(1, 100, true).unwrap().records.is_empty());
-    assert!(matches!(p.read(2, 100, true), Err(LogError::OffsetOutOfRange { .. })));
-    assert!(matches!(p.read(-1, 100, true), Err(LogError::OffsetOutOfRange { .. })));
+    assert!(matches!(
+        p.read(2, 100, true),
+        Err(LogError::OffsetOutOfRange { .. })
+    ));
+    assert!(matches!(
+        p.read(-1, 100, true),
+        Err(LogError::OffsetOutOfRange { .. })
+    ));
 }
 
 #[test]
 fn segments_roll_at_segment_bytes_and_reads_cross_them() {
     let dir = tempfile::tempdir().unwrap();
     let log = open(dir.path());
-    let t = log.create_topic("t", 1, configs(&[("segment.bytes", "2048")])).unwrap();
+    let t = log
+        .create_topic("t", 1, configs(&[("segment.bytes", "2048")]))
+        .unwrap();
     let p = &t.partitions[0];
     append_n(p, 40, 3, 0);
     p.flush().unwrap();
@@ -125,7 +140,13 @@ fn clean_restart_keeps_everything_and_skips_recovery() {
     let dir = tempfile::tempdir().unwrap();
     {
         let log = open(dir.path());
-        let t = log.create_topic("t", 1, configs(&[("segment.bytes", "4096"), ("retention.ms", "-1")])).unwrap();
+        let t = log
+            .create_topic(
+                "t",
+                1,
+                configs(&[("segment.bytes", "4096"), ("retention.ms", "-1")]),
+            )
+            .unwrap();
         append_n(&t.partitions[0], 50, 2, 0);
         log.shutdown().unwrap();
     }
@@ -162,7 +183,12 @@ fn torn_tail_is_truncated_on_recovery() {
     assert!(!log.recovered_clean());
     let p = log.partition("t", 0).unwrap();
     assert_eq!(p.log_end_offset(), 10);
-    assert_eq!(p.stats.truncated_bytes.load(std::sync::atomic::Ordering::Relaxed), (b.len() / 2) as u64);
+    assert_eq!(
+        p.stats
+            .truncated_bytes
+            .load(std::sync::atomic::Ordering::Relaxed),
+        (b.len() / 2) as u64
+    );
     assert_eq!(append_n(&p, 1, 1, 0), vec![10]);
 }
 
@@ -172,7 +198,9 @@ fn corrupt_sealed_segment_is_reported_and_rest_stays_readable() {
     let first_seg;
     {
         let log = open(dir.path());
-        let t = log.create_topic("t", 1, configs(&[("segment.bytes", "2048")])).unwrap();
+        let t = log
+            .create_topic("t", 1, configs(&[("segment.bytes", "2048")]))
+            .unwrap();
         let p = &t.partitions[0];
         append_n(p, 30, 3, 0);
         p.flush().unwrap();
@@ -185,7 +213,12 @@ fn corrupt_sealed_segment_is_reported_and_rest_stays_readable() {
     std::fs::remove_file(first_seg.path.with_extension("index")).unwrap();
     let log = open(dir.path());
     let p = log.partition("t", 0).unwrap();
-    assert_eq!(p.stats.corrupt_segments.load(std::sync::atomic::Ordering::Relaxed), 1);
+    assert_eq!(
+        p.stats
+            .corrupt_segments
+            .load(std::sync::atomic::Ordering::Relaxed),
+        1
+    );
     assert_eq!(p.log_end_offset(), 90);
     // Later segments read fine.
     let r = p.read(first_seg.next_offset, 1 << 20, true).unwrap();
@@ -198,7 +231,9 @@ fn idempotent_retry_is_not_appended_twice_even_after_restart() {
     let b = make_batch(3, 10, 0, (7, 0, 0));
     {
         let log = open(dir.path());
-        let t = log.create_topic("t", 1, configs(&[("segment.bytes", "1024")])).unwrap();
+        let t = log
+            .create_topic("t", 1, configs(&[("segment.bytes", "1024")]))
+            .unwrap();
         let p = &t.partitions[0];
         append_n(p, 20, 1, 0);
         assert_eq!(p.append(&b, 0).unwrap().base_offset, 20);
@@ -215,7 +250,10 @@ fn idempotent_retry_is_not_appended_twice_even_after_restart() {
     assert_eq!(again.base_offset, 20);
     assert_eq!(p.log_end_offset(), 23);
     let gap = make_batch(1, 10, 0, (7, 0, 9));
-    assert!(matches!(p.append(&gap, 0), Err(LogError::OutOfOrderSequence { .. })));
+    assert!(matches!(
+        p.append(&gap, 0),
+        Err(LogError::OutOfOrderSequence { .. })
+    ));
 }
 
 #[test]
@@ -235,16 +273,23 @@ fn bad_crc_is_rejected_and_nothing_is_appended() {
 fn oversized_batch_is_rejected() {
     let dir = tempfile::tempdir().unwrap();
     let log = open(dir.path());
-    let t = log.create_topic("t", 1, configs(&[("max.message.bytes", "100")])).unwrap();
+    let t = log
+        .create_topic("t", 1, configs(&[("max.message.bytes", "100")]))
+        .unwrap();
     let b = make_batch(10, 50, 0, (-1, -1, -1));
-    assert!(matches!(t.partitions[0].append(&b, 0), Err(LogError::MessageTooLarge { .. })));
+    assert!(matches!(
+        t.partitions[0].append(&b, 0),
+        Err(LogError::MessageTooLarge { .. })
+    ));
 }
 
 #[test]
 fn offsets_for_timestamp_find_first_record_at_or_after() {
     let dir = tempfile::tempdir().unwrap();
     let log = open(dir.path());
-    let t = log.create_topic("t", 1, configs(&[("segment.bytes", "2048")])).unwrap();
+    let t = log
+        .create_topic("t", 1, configs(&[("segment.bytes", "2048")]))
+        .unwrap();
     let p = &t.partitions[0];
     // batch i has records with timestamps 1000*i + 0..4
     for i in 0..30 {
@@ -264,10 +309,16 @@ fn log_append_time_overwrites_timestamps() {
     let dir = tempfile::tempdir().unwrap();
     let log = open(dir.path());
     let t = log
-        .create_topic("t", 1, configs(&[("message.timestamp.type", "LogAppendTime")]))
+        .create_topic(
+            "t",
+            1,
+            configs(&[("message.timestamp.type", "LogAppendTime")]),
+        )
         .unwrap();
     let p = &t.partitions[0];
-    let r = p.append(&make_batch(2, 5, 1, (-1, -1, -1)), 777_000).unwrap();
+    let r = p
+        .append(&make_batch(2, 5, 1, (-1, -1, -1)), 777_000)
+        .unwrap();
     assert_eq!(r.log_append_time, 777_000);
     p.flush().unwrap();
     let read = p.read(0, 1 << 20, true).unwrap();
@@ -281,7 +332,15 @@ fn retention_by_bytes_deletes_oldest_whole_segments() {
     let dir = tempfile::tempdir().unwrap();
     let log = open(dir.path());
     let t = log
-        .create_topic("t", 1, configs(&[("segment.bytes", "2048"), ("retention.bytes", "4096"), ("retention.ms", "-1")]))
+        .create_topic(
+            "t",
+            1,
+            configs(&[
+                ("segment.bytes", "2048"),
+                ("retention.bytes", "4096"),
+                ("retention.ms", "-1"),
+            ]),
+        )
         .unwrap();
     let p = &t.partitions[0];
     append_n(p, 60, 2, 0);
@@ -293,7 +352,10 @@ fn retention_by_bytes_deletes_oldest_whole_segments() {
     assert!(p.size_bytes() <= 4096 + 2048);
     let start = p.log_start_offset();
     assert!(start > 0);
-    assert!(matches!(p.read(0, 100, true), Err(LogError::OffsetOutOfRange { .. })));
+    assert!(matches!(
+        p.read(0, 100, true),
+        Err(LogError::OffsetOutOfRange { .. })
+    ));
     assert!(!p.read(start, 100, true).unwrap().records.is_empty());
 }
 
@@ -301,7 +363,9 @@ fn retention_by_bytes_deletes_oldest_whole_segments() {
 fn retention_by_time_deletes_expired_segments_including_active() {
     let dir = tempfile::tempdir().unwrap();
     let log = open(dir.path());
-    let t = log.create_topic("t", 1, configs(&[("retention.ms", "1000")])).unwrap();
+    let t = log
+        .create_topic("t", 1, configs(&[("retention.ms", "1000")]))
+        .unwrap();
     let p = &t.partitions[0];
     append_n(p, 10, 2, 5); // timestamps in 1970: long expired
     p.flush().unwrap();
@@ -317,7 +381,10 @@ fn topic_lifecycle_and_name_rules() {
     assert!(log.create_topic("bad/name", 1, BTreeMap::new()).is_err());
     assert!(log.create_topic("ok", 0, BTreeMap::new()).is_err());
     log.create_topic("ok", 3, BTreeMap::new()).unwrap();
-    assert!(matches!(log.create_topic("ok", 1, BTreeMap::new()), Err(LogError::TopicExists { .. })));
+    assert!(matches!(
+        log.create_topic("ok", 1, BTreeMap::new()),
+        Err(LogError::TopicExists { .. })
+    ));
     log.delete_topic("ok").unwrap();
     assert!(log.topic("ok").is_none());
     log.shutdown().unwrap();
@@ -344,6 +411,8 @@ async fn wait_durable_returns_once_flusher_syncs() {
     let t = log.create_topic("t", 1, BTreeMap::new()).unwrap();
     let p = t.partitions[0].clone();
     let r = p.append(&make_batch(1, 5, 0, (-1, -1, -1)), 0).unwrap();
-    p.wait_durable(r.end_offset, Duration::from_secs(5)).await.unwrap();
+    p.wait_durable(r.end_offset, Duration::from_secs(5))
+        .await
+        .unwrap();
     assert_eq!(p.high_watermark(), 1);
 }

@@ -22,11 +22,38 @@ def admin(bootstrap: str) -> AdminClient:
 def create_topic(bootstrap: str, name: str, partitions: int = 1,
                  config: Optional[dict] = None, timeout: float = 30) -> None:
     """Create a topic with the Admin API and wait until metadata shows all its partitions."""
-    fs = admin(bootstrap).create_topics(
+    a = admin(bootstrap)  # keep the client alive until the future resolves
+    fs = a.create_topics(
         [NewTopic(name, num_partitions=partitions, replication_factor=1, config=config or {})],
         operation_timeout=timeout, request_timeout=timeout)
     fs[name].result(timeout=timeout)
     wait_for_partitions(bootstrap, name, partitions, timeout)
+
+
+def create_topic_error(bootstrap: str, topic: NewTopic, timeout: float = 30) -> int:
+    """Create a topic that must fail; returns the Kafka error code."""
+    a = admin(bootstrap)
+    fs = a.create_topics([topic], operation_timeout=10, request_timeout=timeout)
+    try:
+        fs[topic.topic].result(timeout=timeout)
+    except KafkaException as e:
+        return error_code(e)
+    raise AssertionError(f"creating {topic.topic} with {topic.config} succeeded")
+
+
+def delete_topic(bootstrap: str, name: str, timeout: float = 30) -> None:
+    a = admin(bootstrap)
+    a.delete_topics([name], operation_timeout=10, request_timeout=timeout)[name].result(
+        timeout=timeout)
+
+
+def topic_configs(bootstrap: str, name: str, timeout: float = 30) -> dict:
+    """DescribeConfigs for a topic: {config name: value}."""
+    from confluent_kafka.admin import ConfigResource, ResourceType
+    a = admin(bootstrap)
+    res = ConfigResource(ResourceType.TOPIC, name)
+    cfg = a.describe_configs([res], request_timeout=timeout)[res].result(timeout=timeout)
+    return {k: v.value for k, v in cfg.items()}
 
 
 def wait_for_partitions(bootstrap: str, name: str, partitions: int, timeout: float = 30) -> None:
@@ -43,7 +70,8 @@ def wait_for_partitions(bootstrap: str, name: str, partitions: int, timeout: flo
 
 
 def topic_names(bootstrap: str) -> set[str]:
-    return {n for n in admin(bootstrap).list_topics(timeout=10).topics if not n.startswith("__")}
+    a = admin(bootstrap)
+    return {n for n in a.list_topics(timeout=10).topics if not n.startswith("__")}
 
 
 class Acks:

@@ -14,8 +14,10 @@ from confluent_kafka.admin import NewTopic
 
 import kafka_raw
 from kafka_raw import KafkaConn, Record, encode_batch, i16, i32, string
-from helpers import (admin, consume_partition, create_topic, error_code, flush_all, producer,
-                     topic_names, unique, watermarks)
+from confluent_kafka import KafkaException
+
+from helpers import (consume_partition, create_topic, create_topic_error, delete_topic,
+                     error_code, flush_all, producer, topic_names, unique, watermarks)
 
 REQUIRED_APIS = {
     kafka_raw.PRODUCE, kafka_raw.FETCH, kafka_raw.LIST_OFFSETS, kafka_raw.METADATA,
@@ -222,10 +224,7 @@ def test_produce_to_unknown_topic_or_partition(broker):
 # --- topic administration errors ---------------------------------------------------
 
 def _create_error(broker, topic: NewTopic) -> int:
-    fs = admin(broker.bootstrap).create_topics([topic], operation_timeout=10, request_timeout=20)
-    with pytest.raises(Exception) as exc:
-        fs[topic.topic].result(timeout=30)
-    return error_code(exc.value)
+    return create_topic_error(broker.bootstrap, topic)
 
 
 def test_compact_cleanup_policy_is_rejected_as_invalid_config(broker):
@@ -260,9 +259,8 @@ def test_create_topic_errors_use_kafka_codes(broker):
 
 def test_delete_unknown_topic_is_unknown_topic_or_partition(broker):
     name = unique("ghost")
-    fs = admin(broker.bootstrap).delete_topics([name], operation_timeout=10)
-    with pytest.raises(Exception) as exc:
-        fs[name].result(timeout=30)
+    with pytest.raises(KafkaException) as exc:
+        delete_topic(broker.bootstrap, name)
     assert error_code(exc.value) == kafka_raw.UNKNOWN_TOPIC_OR_PARTITION
 
 

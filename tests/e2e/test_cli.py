@@ -7,7 +7,7 @@ from confluent_kafka import TopicPartition
 
 from conftest import run_cli
 from helpers import (admin, consume_partition, consumer, create_topic, flush_all, producer,
-                     topic_names, unique)
+                     topic_configs, topic_names, unique)
 
 
 @pytest.mark.parametrize("args", [
@@ -25,13 +25,12 @@ def test_topic_create_list_describe_delete(broker):
     broker.cli("topic", "create", topic, "--partitions", "3",
                "--config", "retention.ms=3600000", "--config", "segment.bytes=1048576")
     # visible to a real client with the partition count and configs asked for
-    md = admin(broker.bootstrap).list_topics(topic=topic, timeout=10)
+    a = admin(broker.bootstrap)
+    md = a.list_topics(topic=topic, timeout=10)
     assert len(md.topics[topic].partitions) == 3
-    from confluent_kafka.admin import ConfigResource, ResourceType
-    res = ConfigResource(ResourceType.TOPIC, topic)
-    cfg = admin(broker.bootstrap).describe_configs([res])[res].result(timeout=10)
-    assert cfg["retention.ms"].value == "3600000"
-    assert cfg["segment.bytes"].value == "1048576"
+    cfg = topic_configs(broker.bootstrap, topic)
+    assert cfg["retention.ms"] == "3600000"
+    assert cfg["segment.bytes"] == "1048576"
 
     listed = broker.cli("topic", "list").stdout.split()
     assert topic in listed

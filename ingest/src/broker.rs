@@ -1,0 +1,873 @@
+//! Request handlers: one function per Kafka API, over the log and the group
+//! coordinator.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use kafka_protocol::messages::api_versions_response::ApiVersion;
+use kafka_protocol::messages::create_topics_response::{
+    CreatableTopicConfigs, CreatableTopicResult,
+};
+use kafka_protocol::messages::delete_topics_response::DeletableTopicResult;
+use kafka_protocol::messages::describe_configs_response::{
+    DescribeConfigsResourceResult, DescribeConfigsResult,
+};
+use kafka_protocol::messages::fetch_response::{FetchableTopicResponse, PartitionData};
+use kafka_protocol::messages::find_coordinator_response::Coordinator;
+use kafka_protocol::messages::list_offsets_response::{
+    ListOffsetsPartitionResponse, ListOffsetsTopicResponse,
+};
+use kafka_protocol::messages::metadata_response::{
+    MetadataResponseBroker, MetadataResponsePartition, MetadataResponseTopic,
+};
+use kafka_protocol::messages::produce_response::{PartitionProduceResponse, TopicProduceResponse};
+use kafka_protocol::messages::*;
+use kafka_protocol::protocol::StrBytes;
+use kafka_protocol::ResponseError;
+use sediment_log::{AppendResult, FlushPolicy, LogError, LogManager, Partition};
+
+use crate::error::code;
+use crate::group::GroupCoordinator;
+use crate::IngestConfig;
+
+/// A response now, a response later (after an fsync), or none (acks=0).
+pub enum Handled {
+    Now(ResponseKind),
+    Later(Pin<Box<dyn Future<Output = Option<ResponseKind>> + Send>>),
+    NoResponse,
+}
+
+/// The APIs and versions this broker speaks. An API not listed here is not
+/// advertised and its requests close the connection.
+pub fn supported_versions(api: ApiKey) -> Option<(i16, i16)> {
+    use crate::group as g;
+    Some(match api {
+        ApiKey::Produce => (3, 9),
+        ApiKey::Fetch => (4, 12),
+        ApiKey::ListOffsets => (1, 7),
+        ApiKey::Metadata => (0, 12),
+        ApiKey::ApiVersions => (0, 3),
+        ApiKey::CreateTopics => (2, 7),
+        ApiKey::DeleteTopics => (1, 6),
+        ApiKey::DescribeConfigs => (1, 4),
+        ApiKey::FindCoordinator => (0, 4),
+        ApiKey::InitProducerId => (0, 4),
+        ApiKey::JoinGroup => g::JOIN_GROUP_VERSIONS,
+        ApiKey::SyncGroup => g::SYNC_GROUP_VERSIONS,
+        ApiKey::Heartbeat => g::HEARTBEAT_VERSIONS,
+        ApiKey::LeaveGroup => g::LEAVE_GROUP_VERSIONS,
+        ApiKey::OffsetCommit => g::OFFSET_COMMIT_VERSIONS,
+        ApiKey::OffsetFetch => g::OFFSET_FETCH_VERSIONS,
+        ApiKey::ListGroups => g::LIST_GROUPS_VERSIONS,
+        ApiKey::DescribeGroups => g::DESCRIBE_GROUPS_VERSIONS,
+        ApiKey::DeleteGroups => g::DELETE_GROUPS_VERSIONS,
+        _ => return None,
+    })
+}
+
+fn sb(s: &str) -> StrBytes {
+    StrBytes::from_string(s.to_string())
+}
+
+/// Largest wait a fetch may ask for.
+const MAX_FETCH_WAIT: Duration = Duration::from_secs(30);
+/// Longest a produce waits for its fsync before answering REQUEST_TIMED_OUT.
+const MAX_PRODUCE_WAIT: Duration = Duration::from_secs(60);
+
+pub struct Broker {
+    log: Arc<LogManager>,
+    groups: Arc<GroupCoordinator>,
+    config: IngestConfig,
+}
+
+impl Broker {
+    pub fn new(log: Arc<LogManager>, groups: Arc<GroupCoordinator>, config: IngestConfig) -> Self {
+        Broker {
+            log,
+            groups,
+            config,
+        }
+    }
+
+    pub fn config(&self) -> &IngestConfig {
+        &self.config
+    }
+
+    pub fn log(&self) -> &Arc<LogManager> {
+        &self.log
+    }
+
+    pub async fn handle(
+        self: &Arc<Self>,
+        header: RequestHeader,
+        request: RequestKind,
+        version: i16,
+    ) -> Handled {
+        use Handled::Now;
+        let _ = &header;
+        match request {
+            RequestKind::ApiVersions(_) => {
+                Now(ResponseKind::ApiVersions(self.api_versions_response(0)))
+            }
+            RequestKind::Metadata(r) => {
+                Now(ResponseKind::Metadata(self.metadata(r, version).await))
+            }
+            RequestKind::Produce(r) => self.produce(r).await,
+            RequestKind::Fetch(r) => Now(ResponseKind::Fetch(self.fetch(r).await)),
+            RequestKind::ListOffsets(r) => {
+                Now(ResponseKind::ListOffsets(self.list_offsets(r).await))
+            }
+            RequestKind::CreateTopics(r) => {
+                Now(ResponseKind::CreateTopics(self.create_topics(r).await))
+            }
+            RequestKind::DeleteTopics(r) => Now(ResponseKind::DeleteTopics(
+                self.delete_topics(r, version).await,
+            )),
+            RequestKind::DescribeConfigs(r) => {
+                Now(ResponseKind::DescribeConfigs(self.describe_configs(r)))
+            }
+            RequestKind::FindCoordinator(r) => Now(ResponseKind::FindCoordinator(
+                self.find_coordinator(r, version),
+            )),
+            RequestKind::InitProducerId(r) => {
+                Now(ResponseKind::InitProducerId(self.init_producer_id(r).await))
+            }
+            RequestKind::JoinGroup(r) => Now(ResponseKind::JoinGroup(
+                self.groups.join_group(r, version).await,
+            )),
+            RequestKind::SyncGroup(r) => Now(ResponseKind::SyncGroup(
+                self.groups.sync_group(r, version).await,
+            )),
+            RequestKind::Heartbeat(r) => Now(ResponseKind::Heartbeat(
+                self.groups.heartbeat(r, version).await,
+            )),
+            RequestKind::LeaveGroup(r) => Now(ResponseKind::LeaveGroup(
+                self.groups.leave_group(r, version).await,
+            )),
+            RequestKind::OffsetCommit(r) => {
+                let log = self.log.clone();
+                let exists = move |t: &str, p: i32| log.partition(t, p).is_some();
+                // Validated now, in order; answered once the commit is fsynced.
+                let fut = self.groups.offset_commit(r, version, &exists);
+                Handled::Later(Box::pin(async move {
+                    Some(ResponseKind::OffsetCommit(fut.await))
+                }))
+            }
+            RequestKind::OffsetFetch(r) => Now(ResponseKind::OffsetFetch(
+                self.groups.offset_fetch(r, version),
+            )),
+            RequestKind::ListGroups(r) => Now(ResponseKind::ListGroups(
+                self.groups.list_groups(r, version),
+            )),
+            RequestKind::DescribeGroups(r) => Now(ResponseKind::DescribeGroups(
+                self.groups.describe_groups(r, version),
+            )),
+            RequestKind::DeleteGroups(r) => {
+                let fut = self.groups.delete_groups(r, version);
+                Handled::Later(Box::pin(async move {
+                    Some(ResponseKind::DeleteGroups(fut.await))
+                }))
+            }
+            // supported_versions() filters every other API before decoding.
+            _ => Handled::NoResponse,
+        }
+    }
+
+    pub fn api_versions_response(&self, error_code: i16) -> ApiVersionsResponse {
+        let mut resp = ApiVersionsResponse::default();
+        resp.error_code = error_code;
+        resp.api_keys = ApiKey::iter()
+            .filter_map(|k| {
+                supported_versions(k).map(|(min, max)| {
+                    let mut v = ApiVersion::default();
+                    v.api_key = k as i16;
+                    v.min_version = min;
+                    v.max_version = max;
+                    v
+                })
+            })
+            .collect();
+        resp
+    }
+
+    fn broker_entry(&self) -> MetadataResponseBroker {
+        let mut b = MetadataResponseBroker::default();
+        b.node_id = self.log.node_id().into();
+        b.host = sb(&self.config.advertised_host);
+        b.port = i32::from(self.config.advertised_port);
+        b
+    }
+
+    async fn metadata(&self, req: MetadataRequest, version: i16) -> MetadataResponse {
+        let mut resp = MetadataResponse::default();
+        resp.brokers = vec![self.broker_entry()];
+        resp.cluster_id = Some(sb(self.log.cluster_id()));
+        resp.controller_id = self.log.node_id().into();
+        let names: Option<Vec<String>> = match req.topics {
+            // v0: an empty list means all topics.
+            Some(ts) if !(version == 0 && ts.is_empty()) => Some(
+                ts.into_iter()
+                    .filter_map(|t| t.name.map(|n| n.0.to_string()))
+                    .collect(),
+            ),
+            _ => None,
+        };
+        let auto_create =
+            self.config.auto_create_topics && (version < 4 || req.allow_auto_topic_creation);
+        let topics = match names {
+            None => self
+                .log
+                .topics()
+                .into_iter()
+                .map(|t| self.topic_metadata(&t.meta.name, 0))
+                .collect(),
+            Some(names) => {
+                let mut out = Vec::with_capacity(names.len());
+                for name in names {
+                    let mut err = 0;
+                    if self.log.topic(&name).is_none() {
+                        err = if auto_create {
+                            match self.auto_create(&name).await {
+                                Ok(()) => 0,
+                                Err(e) => code(&e),
+                            }
+                        } else {
+                            ResponseError::UnknownTopicOrPartition.code()
+                        };
+                    }
+                    out.push(self.topic_metadata(&name, err));
+                }
+                out
+            }
+        };
+        resp.topics = topics;
+        resp
+    }
+
+    fn topic_metadata(&self, name: &str, error: i16) -> MetadataResponseTopic {
+        let mut t = MetadataResponseTopic::default();
+        t.name = Some(sb(name).into());
+        t.error_code = error;
+        if error != 0 {
+            return t;
+        }
+        let Some(topic) = self.log.topic(name) else {
+            t.error_code = ResponseError::UnknownTopicOrPartition.code();
+            return t;
+        };
+        t.topic_id = uuid::Uuid::from_bytes(topic.id);
+        let node = self.log.node_id();
+        t.partitions = topic
+            .partitions
+            .iter()
+            .map(|p| {
+                let mut m = MetadataResponsePartition::default();
+                m.partition_index = p.id;
+                m.leader_id = node.into();
+                m.leader_epoch = p.leader_epoch();
+                m.replica_nodes = vec![node.into()];
+                m.isr_nodes = vec![node.into()];
+                m
+            })
+            .collect();
+        t
+    }
+
+    async fn auto_create(&self, name: &str) -> Result<(), LogError> {
+        let log = self.log.clone();
+        let name = name.to_string();
+        let partitions = self.config.default_partitions;
+        blocking(
+            move || match log.create_topic(&name, partitions, BTreeMap::new()) {
+                Ok(_) | Err(LogError::TopicExists { .. }) => Ok(()),
+                Err(e) => Err(e),
+            },
+        )
+        .await
+    }
+
+    async fn produce(self: &Arc<Self>, req: ProduceRequest) -> Handled {
+        if !matches!(req.acks, -1..=1) {
+            let mut resp = ProduceResponse::default();
+            resp.responses = req
+                .topic_data
+                .iter()
+                .map(|t| {
+                    let mut tr = TopicProduceResponse::default();
+                    tr.name = t.name.clone();
+                    tr.partition_responses = t
+                        .partition_data
+                        .iter()
+                        .map(|p| {
+                            partition_error(
+                                p.index,
+                                ResponseError::InvalidRequiredAcks.code(),
+                                None,
+                            )
+                        })
+                        .collect();
+                    tr
+                })
+                .collect();
+            return Handled::Now(ResponseKind::Produce(resp));
+        }
+        if self.config.auto_create_topics {
+            for t in &req.topic_data {
+                if self.log.topic(&t.name.0).is_none() {
+                    if let Err(e) = self.auto_create(&t.name.0).await {
+                        tracing::warn!(topic = %t.name.0, error = %e, "auto-create failed");
+                    }
+                }
+            }
+        }
+        // Resolve partitions, then append everything on a blocking thread.
+        let mut work: Vec<(usize, i32, Option<Arc<Partition>>, Option<Bytes>)> = Vec::new();
+        for (ti, t) in req.topic_data.iter().enumerate() {
+            for p in &t.partition_data {
+                work.push((
+                    ti,
+                    p.index,
+                    self.log.partition(&t.name.0, p.index),
+                    p.records.clone(),
+                ));
+            }
+        }
+        let now = sediment_log::now_ms();
+        let results: Vec<(
+            usize,
+            i32,
+            Option<Arc<Partition>>,
+            Result<AppendResult, LogError>,
+        )> = blocking(move || {
+            Ok(work
+                .into_iter()
+                .map(|(ti, idx, part, records)| {
+                    let r = match (&part, &records) {
+                        (None, _) => Err(LogError::UnknownTopic {
+                            name: String::new(),
+                        }),
+                        (Some(_), None) => Err(LogError::InvalidBatch(
+                            sediment_log::batch::BatchError::Truncated {
+                                needed: 61,
+                                available: 0,
+                            },
+                        )),
+                        (Some(p), Some(bytes)) => p.append(bytes, now),
+                    };
+                    (ti, idx, part, r)
+                })
+                .collect())
+        })
+        .await
+        .unwrap_or_default();
+        if req.acks == 0 {
+            return Handled::NoResponse;
+        }
+        let wait = self.log.config().flush_policy == FlushPolicy::Fsync;
+        let timeout = Duration::from_millis(req.timeout_ms.max(0) as u64).min(MAX_PRODUCE_WAIT);
+        let topic_names: Vec<_> = req.topic_data.iter().map(|t| t.name.clone()).collect();
+        Handled::Later(Box::pin(async move {
+            let mut resp = ProduceResponse::default();
+            resp.responses = topic_names
+                .iter()
+                .map(|n| {
+                    let mut tr = TopicProduceResponse::default();
+                    tr.name = n.clone();
+                    tr
+                })
+                .collect();
+            for (ti, idx, part, r) in results {
+                let pr = match (part, r) {
+                    (Some(p), Ok(a)) => {
+                        let durable = if wait {
+                            p.wait_durable(a.end_offset, timeout).await
+                        } else {
+                            Ok(())
+                        };
+                        match durable {
+                            Ok(()) => {
+                                let mut pr = partition_error(idx, 0, None);
+                                pr.base_offset = a.base_offset;
+                                pr.log_append_time_ms = a.log_append_time;
+                                pr.log_start_offset = a.log_start_offset;
+                                pr
+                            }
+                            Err(e) => partition_error(idx, code(&e), Some(e.to_string())),
+                        }
+                    }
+                    (_, Err(e)) => {
+                        if !matches!(e, LogError::UnknownTopic { .. }) {
+                            tracing::debug!(error = %e, "produce rejected");
+                        }
+                        partition_error(idx, code(&e), Some(e.to_string()))
+                    }
+                    (None, Ok(_)) => {
+                        partition_error(idx, ResponseError::UnknownTopicOrPartition.code(), None)
+                    }
+                };
+                resp.responses[ti].partition_responses.push(pr);
+            }
+            Some(ResponseKind::Produce(resp))
+        }))
+    }
+
+    async fn fetch(&self, req: FetchRequest) -> FetchResponse {
+        let start = Instant::now();
+        let max_wait = Duration::from_millis(req.max_wait_ms.max(0) as u64).min(MAX_FETCH_WAIT);
+        let min_bytes = req.min_bytes.max(0) as usize;
+        let max_bytes = if req.max_bytes <= 0 {
+            i32::MAX as usize
+        } else {
+            req.max_bytes as usize
+        };
+        let mut changes = self.log.subscribe_high_watermarks();
+        let wanted: Arc<Vec<(String, Vec<(i32, i64, usize)>)>> = Arc::new(
+            req.topics
+                .iter()
+                .map(|t| {
+                    (
+                        t.topic.0.to_string(),
+                        t.partitions
+                            .iter()
+                            .map(|p| {
+                                (
+                                    p.partition,
+                                    p.fetch_offset,
+                                    p.partition_max_bytes.max(0) as usize,
+                                )
+                            })
+                            .collect(),
+                    )
+                })
+                .collect(),
+        );
+        loop {
+            changes.borrow_and_update();
+            let log = self.log.clone();
+            let w = wanted.clone();
+            let (resp, total, errors) = blocking(move || Ok(read_fetch(&log, &w, max_bytes)))
+                .await
+                .unwrap_or_else(|_| (FetchResponse::default(), 0, true));
+            let elapsed = start.elapsed();
+            if total >= min_bytes.max(1) || errors || elapsed >= max_wait {
+                return resp;
+            }
+            let _ = tokio::time::timeout(max_wait - elapsed, changes.changed()).await;
+            if start.elapsed() >= max_wait {
+                // One last read so that data arriving at the deadline is not missed.
+                let log = self.log.clone();
+                let w = wanted.clone();
+                return blocking(move || Ok(read_fetch(&log, &w, max_bytes).0))
+                    .await
+                    .unwrap_or_default();
+            }
+        }
+    }
+
+    async fn list_offsets(&self, req: ListOffsetsRequest) -> ListOffsetsResponse {
+        let log = self.log.clone();
+        blocking(move || {
+            let mut resp = ListOffsetsResponse::default();
+            for t in req.topics {
+                let mut tr = ListOffsetsTopicResponse::default();
+                tr.name = t.name.clone();
+                for p in t.partitions {
+                    let mut pr = ListOffsetsPartitionResponse::default();
+                    pr.partition_index = p.partition_index;
+                    pr.timestamp = -1;
+                    pr.offset = -1;
+                    match log.partition(&t.name.0, p.partition_index) {
+                        None => pr.error_code = ResponseError::UnknownTopicOrPartition.code(),
+                        Some(part) => {
+                            pr.leader_epoch = part.leader_epoch();
+                            match p.timestamp {
+                                -1 => pr.offset = part.high_watermark(),
+                                -2 => pr.offset = part.log_start_offset(),
+                                -3 => {
+                                    if let Some((o, ts)) = part.max_timestamp() {
+                                        pr.offset = o;
+                                        pr.timestamp = ts;
+                                    }
+                                }
+                                ts if ts >= 0 => match part.offset_for_timestamp(ts) {
+                                    Ok(Some((o, t))) => {
+                                        pr.offset = o;
+                                        pr.timestamp = t;
+                                    }
+                                    Ok(None) => {}
+                                    Err(e) => {
+                                        tracing::warn!(error = %e, "offset for timestamp failed");
+                                        pr.error_code = code(&e);
+                                    }
+                                },
+                                _ => pr.error_code = ResponseError::UnsupportedVersion.code(),
+                            }
+                        }
+                    }
+                    tr.partitions.push(pr);
+                }
+                resp.topics.push(tr);
+            }
+            Ok(resp)
+        })
+        .await
+        .unwrap_or_default()
+    }
+
+    async fn create_topics(&self, req: CreateTopicsRequest) -> CreateTopicsResponse {
+        let log = self.log.clone();
+        let default_partitions = self.config.default_partitions;
+        blocking(move || {
+            let mut resp = CreateTopicsResponse::default();
+            for t in req.topics {
+                let mut r = CreatableTopicResult::default();
+                r.name = t.name.clone();
+                let partitions = if t.num_partitions == -1 {
+                    default_partitions
+                } else {
+                    t.num_partitions
+                };
+                r.num_partitions = partitions;
+                r.replication_factor = 1;
+                let configs: BTreeMap<String, String> = t
+                    .configs
+                    .iter()
+                    .filter_map(|c| {
+                        c.value
+                            .as_ref()
+                            .map(|v| (c.name.to_string(), v.to_string()))
+                    })
+                    .collect();
+                let outcome = if !(t.replication_factor == -1 || t.replication_factor == 1) {
+                    Err((
+                        ResponseError::InvalidReplicationFactor.code(),
+                        format!(
+                            "replication factor {} is larger than the 1 available broker",
+                            t.replication_factor
+                        ),
+                    ))
+                } else if !t.assignments.is_empty() {
+                    Err((
+                        ResponseError::InvalidReplicaAssignment.code(),
+                        "manual replica assignment is not supported".to_string(),
+                    ))
+                } else if req.validate_only {
+                    log.validate_topic(&t.name.0, partitions, &configs)
+                        .map(|_| None)
+                        .map_err(|e| (code(&e), e.to_string()))
+                } else {
+                    log.create_topic(&t.name.0, partitions, configs)
+                        .map(Some)
+                        .map_err(|e| (code(&e), e.to_string()))
+                };
+                match outcome {
+                    Ok(topic) => {
+                        if let Some(topic) = topic {
+                            r.topic_id = uuid::Uuid::from_bytes(topic.id);
+                            r.configs = Some(
+                                sediment_log::CONFIG_NAMES
+                                    .iter()
+                                    .map(|n| {
+                                        let mut c = CreatableTopicConfigs::default();
+                                        c.name = sb(n);
+                                        c.value = topic.config.value_of(n).map(|v| sb(&v));
+                                        c.config_source = if topic.config.overrides.contains_key(*n)
+                                        {
+                                            1
+                                        } else {
+                                            5
+                                        };
+                                        c
+                                    })
+                                    .collect(),
+                            );
+                        }
+                    }
+                    Err((c, msg)) => {
+                        r.error_code = c;
+                        r.error_message = Some(sb(&msg));
+                        r.num_partitions = -1;
+                        r.replication_factor = -1;
+                    }
+                }
+                resp.topics.push(r);
+            }
+            Ok(resp)
+        })
+        .await
+        .unwrap_or_default()
+    }
+
+    async fn delete_topics(&self, req: DeleteTopicsRequest, version: i16) -> DeleteTopicsResponse {
+        let log = self.log.clone();
+        blocking(move || {
+            let mut resp = DeleteTopicsResponse::default();
+            let targets: Vec<(Option<String>, uuid::Uuid)> = if version >= 6 {
+                req.topics
+                    .iter()
+                    .map(|t| (t.name.as_ref().map(|n| n.0.to_string()), t.topic_id))
+                    .collect()
+            } else {
+                req.topic_names
+                    .iter()
+                    .map(|n| (Some(n.0.to_string()), uuid::Uuid::nil()))
+                    .collect()
+            };
+            for (name, id) in targets {
+                let mut r = DeletableTopicResult::default();
+                let name = name.or_else(|| {
+                    log.topics()
+                        .into_iter()
+                        .find(|t| t.id == *id.as_bytes())
+                        .map(|t| t.meta.name.clone())
+                });
+                r.topic_id = id;
+                match name {
+                    Some(n) => {
+                        r.name = Some(sb(&n).into());
+                        if let Some(t) = log.topic(&n) {
+                            r.topic_id = uuid::Uuid::from_bytes(t.id);
+                        }
+                        if let Err(e) = log.delete_topic(&n) {
+                            r.error_code = code(&e);
+                            r.error_message = Some(sb(&e.to_string()));
+                        }
+                    }
+                    None => r.error_code = ResponseError::UnknownTopicId.code(),
+                }
+                resp.responses.push(r);
+            }
+            Ok(resp)
+        })
+        .await
+        .unwrap_or_default()
+    }
+
+    fn describe_configs(&self, req: DescribeConfigsRequest) -> DescribeConfigsResponse {
+        const TOPIC: i8 = 2;
+        const BROKER: i8 = 4;
+        let mut resp = DescribeConfigsResponse::default();
+        for r in req.resources {
+            let mut out = DescribeConfigsResult::default();
+            out.resource_type = r.resource_type;
+            out.resource_name = r.resource_name.clone();
+            let keys: Option<Vec<String>> = r
+                .configuration_keys
+                .map(|ks| ks.iter().map(|k| k.to_string()).collect());
+            let wanted = |n: &str| keys.as_ref().is_none_or(|ks| ks.iter().any(|k| k == n));
+            let entry = |name: &str, value: String, source: i8| {
+                let mut c = DescribeConfigsResourceResult::default();
+                c.name = sb(name);
+                c.value = Some(sb(&value));
+                c.config_source = source;
+                c.read_only = source != 1;
+                c
+            };
+            match r.resource_type {
+                TOPIC => match self.log.topic(&r.resource_name) {
+                    Some(t) => {
+                        out.configs = sediment_log::CONFIG_NAMES
+                            .iter()
+                            .filter(|n| wanted(n))
+                            .filter_map(|n| {
+                                let v = t.config.value_of(n)?;
+                                let source = if t.config.overrides.contains_key(*n) {
+                                    1
+                                } else {
+                                    5
+                                };
+                                Some(entry(n, v, source))
+                            })
+                            .collect();
+                    }
+                    None => {
+                        out.error_code = ResponseError::UnknownTopicOrPartition.code();
+                        out.error_message = Some(sb(&format!(
+                            "topic '{}' does not exist",
+                            r.resource_name.as_str()
+                        )));
+                    }
+                },
+                BROKER => {
+                    let c = &self.config;
+                    let items = [
+                        (
+                            "auto.create.topics.enable",
+                            c.auto_create_topics.to_string(),
+                        ),
+                        ("num.partitions", c.default_partitions.to_string()),
+                        ("socket.request.max.bytes", c.max_request_bytes.to_string()),
+                        ("broker.id", self.log.node_id().to_string()),
+                    ];
+                    out.configs = items
+                        .into_iter()
+                        .filter(|(n, _)| wanted(n))
+                        .map(|(n, v)| entry(n, v, 4))
+                        .collect();
+                }
+                _ => {
+                    out.error_code = ResponseError::InvalidRequest.code();
+                    out.error_message =
+                        Some(sb("only TOPIC and BROKER resources can be described"));
+                }
+            }
+            resp.results.push(out);
+        }
+        resp
+    }
+
+    fn find_coordinator(
+        &self,
+        req: FindCoordinatorRequest,
+        version: i16,
+    ) -> FindCoordinatorResponse {
+        let mut resp = FindCoordinatorResponse::default();
+        let node = self.log.node_id();
+        let host = sb(&self.config.advertised_host);
+        let port = i32::from(self.config.advertised_port);
+        // key_type 0 = group; 1 = transaction (not supported).
+        let err = if req.key_type == 0 {
+            0
+        } else {
+            ResponseError::CoordinatorNotAvailable.code()
+        };
+        if version >= 4 {
+            resp.coordinators = req
+                .coordinator_keys
+                .iter()
+                .map(|k| {
+                    let mut c = Coordinator::default();
+                    c.key = k.clone();
+                    c.error_code = err;
+                    if err == 0 {
+                        c.node_id = node.into();
+                        c.host = host.clone();
+                        c.port = port;
+                    }
+                    c
+                })
+                .collect();
+        } else {
+            resp.error_code = err;
+            if err == 0 {
+                resp.node_id = node.into();
+                resp.host = host;
+                resp.port = port;
+            }
+        }
+        resp
+    }
+
+    async fn init_producer_id(&self, req: InitProducerIdRequest) -> InitProducerIdResponse {
+        let mut resp = InitProducerIdResponse::default();
+        if req.transactional_id.is_some() {
+            resp.error_code = ResponseError::InvalidRequest.code();
+            resp.producer_id = (-1).into();
+            resp.producer_epoch = -1;
+            return resp;
+        }
+        // KIP-360: a known producer asking again gets its epoch bumped.
+        if req.producer_id.0 >= 0 && req.producer_epoch >= 0 && req.producer_epoch < i16::MAX - 1 {
+            resp.producer_id = req.producer_id;
+            resp.producer_epoch = req.producer_epoch + 1;
+            return resp;
+        }
+        let log = self.log.clone();
+        match blocking(move || log.allocate_producer_id()).await {
+            Ok(id) => {
+                resp.producer_id = id.into();
+                resp.producer_epoch = 0;
+            }
+            Err(e) => {
+                resp.error_code = code(&e);
+                resp.producer_id = (-1).into();
+                resp.producer_epoch = -1;
+            }
+        }
+        resp
+    }
+}
+
+fn partition_error(idx: i32, error: i16, message: Option<String>) -> PartitionProduceResponse {
+    let mut pr = PartitionProduceResponse::default();
+    pr.index = idx;
+    pr.error_code = error;
+    pr.base_offset = -1;
+    pr.log_append_time_ms = -1;
+    pr.log_start_offset = -1;
+    pr.error_message = message.map(|m| sb(&m));
+    pr
+}
+
+/// Reads every requested partition once. Returns the response, the bytes
+/// of records in it, and whether any partition had an error.
+fn read_fetch(
+    log: &LogManager,
+    wanted: &[(String, Vec<(i32, i64, usize)>)],
+    max_bytes: usize,
+) -> (FetchResponse, usize, bool) {
+    let mut resp = FetchResponse::default();
+    let mut total = 0usize;
+    let mut errors = false;
+    for (topic, parts) in wanted {
+        let mut tr = FetchableTopicResponse::default();
+        tr.topic = sb(topic).into();
+        for &(idx, offset, part_max) in parts {
+            let mut pd = PartitionData::default();
+            pd.partition_index = idx;
+            pd.records = Some(Bytes::new());
+            match log.partition(topic, idx) {
+                None => {
+                    pd.error_code = ResponseError::UnknownTopicOrPartition.code();
+                    pd.high_watermark = -1;
+                    errors = true;
+                }
+                Some(p) => {
+                    let budget = part_max.min(max_bytes.saturating_sub(total));
+                    // KIP-74: the first batch is returned whole even when it
+                    // exceeds the limits, so that consumers always progress.
+                    let allow_oversize = total == 0;
+                    match p.read(offset, budget, allow_oversize) {
+                        Ok(r) => {
+                            total += r.records.len();
+                            pd.high_watermark = r.high_watermark;
+                            pd.last_stable_offset = r.high_watermark;
+                            pd.log_start_offset = r.log_start_offset;
+                            pd.records = Some(r.records);
+                        }
+                        Err(e) => {
+                            pd.error_code = code(&e);
+                            pd.high_watermark = p.high_watermark();
+                            pd.last_stable_offset = pd.high_watermark;
+                            pd.log_start_offset = p.log_start_offset();
+                            if !matches!(e, LogError::OffsetOutOfRange { .. }) {
+                                tracing::warn!(topic, partition = idx, error = %e, "fetch failed");
+                            }
+                            errors = true;
+                        }
+                    }
+                }
+            }
+            tr.partitions.push(pd);
+        }
+        resp.responses.push(tr);
+    }
+    (resp, total, errors)
+}
+
+/// Runs blocking storage work off the async runtime.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, LogError> + Send + 'static,
+) -> Result<T, LogError> {
+    match tokio::task::spawn_blocking(f).await {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::error!(error = %e, "storage task failed");
+            Err(LogError::ShuttingDown)
+        }
+    }
+}

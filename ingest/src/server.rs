@@ -1,0 +1,195 @@
+//! TCP listener and per-connection request loop.
+//!
+//! Each connection has a reader loop and a writer task. The reader decodes a
+//! request, runs its ordered part inline (a Produce's append, any other
+//! request entirely) and hands the writer a future for the response; the
+//! writer awaits those futures in order. So a connection's produces are
+//! appended in the order they were sent while their fsync waits overlap
+//! (pipelining), and responses leave in request order, as Kafka requires.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use bytes::{BufMut, Bytes, BytesMut};
+use kafka_protocol::messages::{ApiKey, RequestHeader, RequestKind, ResponseHeader, ResponseKind};
+use kafka_protocol::protocol::{Decodable, Encodable};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::broker::{Broker, Handled};
+
+/// A response still being produced; `None` means "send nothing" (acks=0).
+pub type Pending = Pin<Box<dyn Future<Output = Option<BytesMut>> + Send>>;
+
+/// Responses allowed to wait in a connection's queue before the reader stops
+/// reading more requests (back-pressure on pipelining clients).
+const MAX_IN_FLIGHT: usize = 32;
+
+/// Accepts connections until `cancel` fires; every connection task is
+/// tracked by `tracker` so shutdown can wait for them.
+pub async fn serve(
+    listener: TcpListener,
+    broker: Arc<Broker>,
+    cancel: CancellationToken,
+    tracker: TaskTracker,
+) {
+    loop {
+        let accepted = tokio::select! {
+            _ = cancel.cancelled() => break,
+            a = listener.accept() => a,
+        };
+        match accepted {
+            Ok((stream, peer)) => {
+                let broker = broker.clone();
+                let cancel = cancel.clone();
+                tracker.spawn(async move {
+                    if let Err(e) = connection(stream, peer, broker, cancel).await {
+                        tracing::debug!(%peer, error = %e, "connection closed");
+                    }
+                });
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConnError {
+    #[error("i/o: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("frame of {0} bytes is outside the allowed range")]
+    BadFrameLength(i64),
+    #[error("malformed request: {0}")]
+    Malformed(String),
+    #[error("unknown api key {0}")]
+    UnknownApi(i16),
+    #[error("{api:?} v{version} is not supported")]
+    UnsupportedVersion { api: ApiKey, version: i16 },
+}
+
+async fn connection(
+    stream: TcpStream,
+    peer: SocketAddr,
+    broker: Arc<Broker>,
+    cancel: CancellationToken,
+) -> Result<(), ConnError> {
+    stream.set_nodelay(true)?;
+    let (mut rd, mut wr) = stream.into_split();
+    let (tx, mut rx) = mpsc::channel::<Pending>(MAX_IN_FLIGHT);
+    let writer = tokio::spawn(async move {
+        while let Some(pending) = rx.recv().await {
+            if let Some(bytes) = pending.await {
+                if let Err(e) = wr.write_all(&bytes).await {
+                    tracing::debug!(error = %e, "write failed");
+                    return;
+                }
+            }
+        }
+        let _ = wr.shutdown().await;
+    });
+    let max_frame = broker.config().max_request_bytes;
+    let result = async {
+        loop {
+            let mut len_buf = [0u8; 4];
+            tokio::select! {
+                _ = cancel.cancelled() => return Ok(()),
+                r = rd.read_exact(&mut len_buf) => match r {
+                    Ok(_) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(()),
+                    Err(e) => return Err(e.into()),
+                },
+            }
+            let len = i32::from_be_bytes(len_buf);
+            if len < 8 || len as usize > max_frame {
+                return Err(ConnError::BadFrameLength(i64::from(len)));
+            }
+            let mut body = BytesMut::zeroed(len as usize);
+            rd.read_exact(&mut body).await?;
+            let pending = handle_frame(&broker, body.freeze(), peer).await?;
+            if tx.send(pending).await.is_err() {
+                return Ok(());
+            }
+        }
+    }
+    .await;
+    drop(tx);
+    let _ = writer.await;
+    result
+}
+
+async fn handle_frame(
+    broker: &Arc<Broker>,
+    mut body: Bytes,
+    peer: SocketAddr,
+) -> Result<Pending, ConnError> {
+    let api_raw = i16::from_be_bytes([body[0], body[1]]);
+    let version = i16::from_be_bytes([body[2], body[3]]);
+    let api = ApiKey::try_from(api_raw).map_err(|_| ConnError::UnknownApi(api_raw))?;
+    let Some((min, max)) = crate::broker::supported_versions(api) else {
+        return Err(ConnError::UnknownApi(api_raw));
+    };
+    if version < min || version > max {
+        if api == ApiKey::ApiVersions {
+            // KIP-511: answer in v0 with UNSUPPORTED_VERSION and our ranges so
+            // that the client can retry with a version we speak.
+            let correlation_id = i32::from_be_bytes([body[4], body[5], body[6], body[7]]);
+            let resp = broker
+                .api_versions_response(kafka_protocol::ResponseError::UnsupportedVersion.code());
+            let bytes = encode_response(api, 0, correlation_id, &ResponseKind::ApiVersions(resp))?;
+            return Ok(Box::pin(async move { Some(bytes) }));
+        }
+        return Err(ConnError::UnsupportedVersion { api, version });
+    }
+    let header = RequestHeader::decode(&mut body, api.request_header_version(version))
+        .map_err(|e| ConnError::Malformed(e.to_string()))?;
+    let request = RequestKind::decode(api, &mut body, version)
+        .map_err(|e| ConnError::Malformed(format!("{api:?} v{version}: {e}")))?;
+    let correlation_id = header.correlation_id;
+    tracing::trace!(%peer, ?api, version, correlation_id, "request");
+    match broker.handle(header, request, version).await {
+        Handled::Now(resp) => {
+            let bytes = encode_response(api, version, correlation_id, &resp)?;
+            Ok(Box::pin(async move { Some(bytes) }))
+        }
+        Handled::Later(fut) => Ok(Box::pin(async move {
+            let resp = fut.await?;
+            match encode_response(api, version, correlation_id, &resp) {
+                Ok(b) => Some(b),
+                Err(e) => {
+                    tracing::error!(error = %e, "encoding response failed");
+                    None
+                }
+            }
+        })),
+        Handled::NoResponse => Ok(Box::pin(async { None })),
+    }
+}
+
+/// Frames a response: length, header (version chosen by the API), body.
+pub fn encode_response(
+    api: ApiKey,
+    version: i16,
+    correlation_id: i32,
+    resp: &ResponseKind,
+) -> Result<BytesMut, ConnError> {
+    let mut buf = BytesMut::with_capacity(256);
+    buf.put_i32(0);
+    let mut header = ResponseHeader::default();
+    header.correlation_id = correlation_id;
+    header
+        .encode(&mut buf, api.response_header_version(version))
+        .map_err(|e| ConnError::Malformed(format!("encoding response header: {e}")))?;
+    resp.encode(&mut buf, version)
+        .map_err(|e| ConnError::Malformed(format!("encoding {api:?} v{version} response: {e}")))?;
+    let len = (buf.len() - 4) as i32;
+    buf[0..4].copy_from_slice(&len.to_be_bytes());
+    Ok(buf)
+}
