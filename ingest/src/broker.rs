@@ -116,14 +116,14 @@ impl Broker {
             RequestKind::Metadata(r) => {
                 Now(ResponseKind::Metadata(self.metadata(r, version).await))
             }
-            RequestKind::Produce(r) => self.produce(r).await,
-            RequestKind::Fetch(r) => Now(ResponseKind::Fetch(self.fetch(r).await)),
-            RequestKind::ListOffsets(r) => {
-                Now(ResponseKind::ListOffsets(self.list_offsets(r).await))
-            }
-            RequestKind::CreateTopics(r) => {
-                Now(ResponseKind::CreateTopics(self.create_topics(r).await))
-            }
+            RequestKind::Produce(r) => self.produce(r, version).await,
+            RequestKind::Fetch(r) => Now(ResponseKind::Fetch(self.fetch(r, version).await)),
+            RequestKind::ListOffsets(r) => Now(ResponseKind::ListOffsets(
+                self.list_offsets(r, version).await,
+            )),
+            RequestKind::CreateTopics(r) => Now(ResponseKind::CreateTopics(
+                self.create_topics(r, version).await,
+            )),
             RequestKind::DeleteTopics(r) => Now(ResponseKind::DeleteTopics(
                 self.delete_topics(r, version).await,
             )),
@@ -205,8 +205,12 @@ impl Broker {
     async fn metadata(&self, req: MetadataRequest, version: i16) -> MetadataResponse {
         let mut resp = MetadataResponse::default();
         resp.brokers = vec![self.broker_entry()];
-        resp.cluster_id = Some(sb(self.log.cluster_id()));
-        resp.controller_id = self.log.node_id().into();
+        if version >= 2 {
+            resp.cluster_id = Some(sb(self.log.cluster_id()));
+        }
+        if version >= 1 {
+            resp.controller_id = self.log.node_id().into();
+        }
         let names: Option<Vec<String>> = match req.topics {
             // v0: an empty list means all topics.
             Some(ts) if !(version == 0 && ts.is_empty()) => Some(
@@ -223,7 +227,7 @@ impl Broker {
                 .log
                 .topics()
                 .into_iter()
-                .map(|t| self.topic_metadata(&t.meta.name, 0))
+                .map(|t| self.topic_metadata(&t.meta.name, 0, version))
                 .collect(),
             Some(names) => {
                 let mut out = Vec::with_capacity(names.len());
@@ -239,7 +243,7 @@ impl Broker {
                             ResponseError::UnknownTopicOrPartition.code()
                         };
                     }
-                    out.push(self.topic_metadata(&name, err));
+                    out.push(self.topic_metadata(&name, err, version));
                 }
                 out
             }
@@ -248,7 +252,7 @@ impl Broker {
         resp
     }
 
-    fn topic_metadata(&self, name: &str, error: i16) -> MetadataResponseTopic {
+    fn topic_metadata(&self, name: &str, error: i16, version: i16) -> MetadataResponseTopic {
         let mut t = MetadataResponseTopic::default();
         t.name = Some(sb(name).into());
         t.error_code = error;
@@ -259,7 +263,9 @@ impl Broker {
             t.error_code = ResponseError::UnknownTopicOrPartition.code();
             return t;
         };
-        t.topic_id = uuid::Uuid::from_bytes(topic.id);
+        if version >= 10 {
+            t.topic_id = uuid::Uuid::from_bytes(topic.id);
+        }
         let node = self.log.node_id();
         t.partitions = topic
             .partitions
@@ -268,7 +274,9 @@ impl Broker {
                 let mut m = MetadataResponsePartition::default();
                 m.partition_index = p.id;
                 m.leader_id = node.into();
-                m.leader_epoch = p.leader_epoch();
+                if version >= 7 {
+                    m.leader_epoch = p.leader_epoch();
+                }
                 m.replica_nodes = vec![node.into()];
                 m.isr_nodes = vec![node.into()];
                 m
@@ -290,7 +298,7 @@ impl Broker {
         .await
     }
 
-    async fn produce(self: &Arc<Self>, req: ProduceRequest) -> Handled {
+    async fn produce(self: &Arc<Self>, req: ProduceRequest, version: i16) -> Handled {
         if !matches!(req.acks, -1..=1) {
             let mut resp = ProduceResponse::default();
             resp.responses = req
@@ -304,6 +312,7 @@ impl Broker {
                         .iter()
                         .map(|p| {
                             partition_error(
+                                version,
                                 p.index,
                                 ResponseError::InvalidRequiredAcks.code(),
                                 None,
@@ -390,24 +399,29 @@ impl Broker {
                         };
                         match durable {
                             Ok(()) => {
-                                let mut pr = partition_error(idx, 0, None);
+                                let mut pr = partition_error(version, idx, 0, None);
                                 pr.base_offset = a.base_offset;
                                 pr.log_append_time_ms = a.log_append_time;
-                                pr.log_start_offset = a.log_start_offset;
+                                if version >= 5 {
+                                    pr.log_start_offset = a.log_start_offset;
+                                }
                                 pr
                             }
-                            Err(e) => partition_error(idx, code(&e), Some(e.to_string())),
+                            Err(e) => partition_error(version, idx, code(&e), Some(e.to_string())),
                         }
                     }
                     (_, Err(e)) => {
                         if !matches!(e, LogError::UnknownTopic { .. }) {
                             tracing::debug!(error = %e, "produce rejected");
                         }
-                        partition_error(idx, code(&e), Some(e.to_string()))
+                        partition_error(version, idx, code(&e), Some(e.to_string()))
                     }
-                    (None, Ok(_)) => {
-                        partition_error(idx, ResponseError::UnknownTopicOrPartition.code(), None)
-                    }
+                    (None, Ok(_)) => partition_error(
+                        version,
+                        idx,
+                        ResponseError::UnknownTopicOrPartition.code(),
+                        None,
+                    ),
                 };
                 resp.responses[ti].partition_responses.push(pr);
             }
@@ -415,7 +429,7 @@ impl Broker {
         }))
     }
 
-    async fn fetch(&self, req: FetchRequest) -> FetchResponse {
+    async fn fetch(&self, req: FetchRequest, version: i16) -> FetchResponse {
         let start = Instant::now();
         let max_wait = Duration::from_millis(req.max_wait_ms.max(0) as u64).min(MAX_FETCH_WAIT);
         let min_bytes = req.min_bytes.max(0) as usize;
@@ -449,9 +463,10 @@ impl Broker {
             changes.borrow_and_update();
             let log = self.log.clone();
             let w = wanted.clone();
-            let (resp, total, errors) = blocking(move || Ok(read_fetch(&log, &w, max_bytes)))
-                .await
-                .unwrap_or_else(|_| (FetchResponse::default(), 0, true));
+            let (resp, total, errors) =
+                blocking(move || Ok(read_fetch(&log, &w, max_bytes, version)))
+                    .await
+                    .unwrap_or_else(|_| (FetchResponse::default(), 0, true));
             let elapsed = start.elapsed();
             if total >= min_bytes.max(1) || errors || elapsed >= max_wait {
                 return resp;
@@ -461,14 +476,14 @@ impl Broker {
                 // One last read so that data arriving at the deadline is not missed.
                 let log = self.log.clone();
                 let w = wanted.clone();
-                return blocking(move || Ok(read_fetch(&log, &w, max_bytes).0))
+                return blocking(move || Ok(read_fetch(&log, &w, max_bytes, version).0))
                     .await
                     .unwrap_or_default();
             }
         }
     }
 
-    async fn list_offsets(&self, req: ListOffsetsRequest) -> ListOffsetsResponse {
+    async fn list_offsets(&self, req: ListOffsetsRequest, version: i16) -> ListOffsetsResponse {
         let log = self.log.clone();
         blocking(move || {
             let mut resp = ListOffsetsResponse::default();
@@ -483,7 +498,9 @@ impl Broker {
                     match log.partition(&t.name.0, p.partition_index) {
                         None => pr.error_code = ResponseError::UnknownTopicOrPartition.code(),
                         Some(part) => {
-                            pr.leader_epoch = part.leader_epoch();
+                            if version >= 4 {
+                                pr.leader_epoch = part.leader_epoch();
+                            }
                             match p.timestamp {
                                 -1 => pr.offset = part.high_watermark(),
                                 -2 => pr.offset = part.log_start_offset(),
@@ -518,7 +535,7 @@ impl Broker {
         .unwrap_or_default()
     }
 
-    async fn create_topics(&self, req: CreateTopicsRequest) -> CreateTopicsResponse {
+    async fn create_topics(&self, req: CreateTopicsRequest, version: i16) -> CreateTopicsResponse {
         let log = self.log.clone();
         let default_partitions = self.config.default_partitions;
         blocking(move || {
@@ -531,8 +548,10 @@ impl Broker {
                 } else {
                     t.num_partitions
                 };
-                r.num_partitions = partitions;
-                r.replication_factor = 1;
+                if version >= 5 {
+                    r.num_partitions = partitions;
+                    r.replication_factor = 1;
+                }
                 let configs: BTreeMap<String, String> = t
                     .configs
                     .iter()
@@ -566,8 +585,10 @@ impl Broker {
                 };
                 match outcome {
                     Ok(topic) => {
-                        if let Some(topic) = topic {
-                            r.topic_id = uuid::Uuid::from_bytes(topic.id);
+                        if let Some(topic) = topic.filter(|_| version >= 5) {
+                            if version >= 7 {
+                                r.topic_id = uuid::Uuid::from_bytes(topic.id);
+                            }
                             r.configs = Some(
                                 sediment_log::CONFIG_NAMES
                                     .iter()
@@ -590,8 +611,6 @@ impl Broker {
                     Err((c, msg)) => {
                         r.error_code = c;
                         r.error_message = Some(sb(&msg));
-                        r.num_partitions = -1;
-                        r.replication_factor = -1;
                     }
                 }
                 resp.topics.push(r);
@@ -625,16 +644,20 @@ impl Broker {
                         .find(|t| t.id == *id.as_bytes())
                         .map(|t| t.meta.name.clone())
                 });
-                r.topic_id = id;
+                if version >= 6 {
+                    r.topic_id = id;
+                }
                 match name {
                     Some(n) => {
                         r.name = Some(sb(&n).into());
-                        if let Some(t) = log.topic(&n) {
+                        if let Some(t) = log.topic(&n).filter(|_| version >= 6) {
                             r.topic_id = uuid::Uuid::from_bytes(t.id);
                         }
                         if let Err(e) = log.delete_topic(&n) {
                             r.error_code = code(&e);
-                            r.error_message = Some(sb(&e.to_string()));
+                            if version >= 5 {
+                                r.error_message = Some(sb(&e.to_string()));
+                            }
                         }
                     }
                     None => r.error_code = ResponseError::UnknownTopicId.code(),
@@ -792,14 +815,23 @@ impl Broker {
     }
 }
 
-fn partition_error(idx: i32, error: i16, message: Option<String>) -> PartitionProduceResponse {
+/// A produce partition result; fields newer than `version` stay at their
+/// defaults (kafka-protocol refuses to encode them otherwise).
+fn partition_error(
+    version: i16,
+    idx: i32,
+    error: i16,
+    message: Option<String>,
+) -> PartitionProduceResponse {
     let mut pr = PartitionProduceResponse::default();
     pr.index = idx;
     pr.error_code = error;
     pr.base_offset = -1;
     pr.log_append_time_ms = -1;
     pr.log_start_offset = -1;
-    pr.error_message = message.map(|m| sb(&m));
+    if version >= 8 {
+        pr.error_message = message.map(|m| sb(&m));
+    }
     pr
 }
 
@@ -809,6 +841,7 @@ fn read_fetch(
     log: &LogManager,
     wanted: &[(String, Vec<(i32, i64, usize)>)],
     max_bytes: usize,
+    version: i16,
 ) -> (FetchResponse, usize, bool) {
     let mut resp = FetchResponse::default();
     let mut total = 0usize;
@@ -836,14 +869,18 @@ fn read_fetch(
                             total += r.records.len();
                             pd.high_watermark = r.high_watermark;
                             pd.last_stable_offset = r.high_watermark;
-                            pd.log_start_offset = r.log_start_offset;
+                            if version >= 5 {
+                                pd.log_start_offset = r.log_start_offset;
+                            }
                             pd.records = Some(r.records);
                         }
                         Err(e) => {
                             pd.error_code = code(&e);
                             pd.high_watermark = p.high_watermark();
                             pd.last_stable_offset = pd.high_watermark;
-                            pd.log_start_offset = p.log_start_offset();
+                            if version >= 5 {
+                                pd.log_start_offset = p.log_start_offset();
+                            }
                             if !matches!(e, LogError::OffsetOutOfRange { .. }) {
                                 tracing::warn!(topic, partition = idx, error = %e, "fetch failed");
                             }

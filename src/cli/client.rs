@@ -231,11 +231,6 @@ impl Connection {
         Ok(conn)
     }
 
-    /// The address this connection was opened to.
-    pub fn addr(&self) -> &str {
-        &self.addr
-    }
-
     async fn negotiate_versions(&mut self) -> Result<()> {
         let request = ApiVersionsRequest::default()
             .with_client_software_name(StrBytes::from_static_str("sediment-cli"))
