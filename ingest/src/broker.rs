@@ -34,6 +34,16 @@ use crate::error::code;
 use crate::group::GroupCoordinator;
 use crate::IngestConfig;
 
+/// (partition, fetch offset, partition max bytes) per topic of a Fetch.
+type FetchWanted = Vec<(String, Vec<(i32, i64, usize)>)>;
+/// A partition's append outcome, by (topic index, partition index).
+type AppendOutcome = (
+    usize,
+    i32,
+    Option<Arc<Partition>>,
+    Result<AppendResult, LogError>,
+);
+
 /// A response now, a response later (after an fsync), or none (acks=0).
 pub enum Handled {
     Now(ResponseKind),
@@ -334,7 +344,7 @@ impl Broker {
             }
         }
         // Resolve partitions, then append everything on a blocking thread.
-        let mut work: Vec<(usize, i32, Option<Arc<Partition>>, Option<Bytes>)> = Vec::new();
+        let mut work = Vec::new();
         for (ti, t) in req.topic_data.iter().enumerate() {
             for p in &t.partition_data {
                 work.push((
@@ -346,12 +356,7 @@ impl Broker {
             }
         }
         let now = sediment_log::now_ms();
-        let results: Vec<(
-            usize,
-            i32,
-            Option<Arc<Partition>>,
-            Result<AppendResult, LogError>,
-        )> = blocking(move || {
+        let results: Vec<AppendOutcome> = blocking(move || {
             Ok(work
                 .into_iter()
                 .map(|(ti, idx, part, records)| {
@@ -439,7 +444,7 @@ impl Broker {
             req.max_bytes as usize
         };
         let mut changes = self.log.subscribe_high_watermarks();
-        let wanted: Arc<Vec<(String, Vec<(i32, i64, usize)>)>> = Arc::new(
+        let wanted: Arc<FetchWanted> = Arc::new(
             req.topics
                 .iter()
                 .map(|t| {
@@ -839,7 +844,7 @@ fn partition_error(
 /// of records in it, and whether any partition had an error.
 fn read_fetch(
     log: &LogManager,
-    wanted: &[(String, Vec<(i32, i64, usize)>)],
+    wanted: &FetchWanted,
     max_bytes: usize,
     version: i16,
 ) -> (FetchResponse, usize, bool) {

@@ -8,6 +8,7 @@
 //! recorded size equals the segment file's size; otherwise the segment is
 //! scanned and the index rebuilt.
 
+use crate::batch::BatchHeader;
 use crate::frame;
 
 pub const INDEX_KIND: &[u8; 4] = b"SIDX";
@@ -48,16 +49,10 @@ impl SegmentIndex {
 
     /// Records a batch appended at `position` (its base offset relative to
     /// the segment's `base`).
-    pub fn on_append(
-        &mut self,
-        base: i64,
-        batch_base: i64,
-        next_offset: i64,
-        max_timestamp: i64,
-        position: u64,
-        size: u64,
-        interval: u64,
-    ) {
+    pub fn on_append(&mut self, base: i64, batch: &BatchHeader, position: u64, interval: u64) {
+        let (batch_base, next_offset, max_timestamp) =
+            (batch.base_offset, batch.next_offset(), batch.max_timestamp);
+        let size = batch.size as u64;
         let rel = (batch_base - base) as u32;
         if self.offsets.is_empty() || self.bytes_since_entry >= interval {
             self.offsets.push((rel, position as u32));
@@ -204,7 +199,20 @@ mod tests {
         let mut idx = SegmentIndex::new(100);
         let mut pos = 0;
         for i in 0..n as i64 {
-            idx.on_append(100, 100 + i * 10, 110 + i * 10, 1000 + i, pos, 300, 1000);
+            let h = BatchHeader {
+                base_offset: 100 + i * 10,
+                size: 300,
+                leader_epoch: 0,
+                attributes: 0,
+                last_offset_delta: 9,
+                base_timestamp: 1000 + i,
+                max_timestamp: 1000 + i,
+                producer_id: -1,
+                producer_epoch: -1,
+                base_sequence: -1,
+                record_count: 10,
+            };
+            idx.on_append(100, &h, pos, 1000);
             pos += 300;
         }
         idx

@@ -429,11 +429,8 @@ impl Partition {
             }
             active.index.write().on_append(
                 active.base_offset,
-                offset,
-                h.next_offset(),
-                h.max_timestamp,
+                &h,
                 position,
-                h.size as u64,
                 config.index_interval_bytes,
             );
             inner.producers.update(&h);

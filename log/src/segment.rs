@@ -221,15 +221,7 @@ impl Segment {
                     ));
                     break 'outer;
                 }
-                index.on_append(
-                    self.base_offset,
-                    h.base_offset,
-                    h.next_offset(),
-                    h.max_timestamp,
-                    pos + at as u64,
-                    h.size as u64,
-                    interval,
-                );
+                index.on_append(self.base_offset, &h, pos + at as u64, interval);
                 expected = h.next_offset();
                 batches.push(h);
                 consumed = at + h.size;

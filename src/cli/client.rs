@@ -731,7 +731,7 @@ mod tests {
             vec![0, 1, 2]
         );
         // Single broker: leader traffic stays on the bootstrap connection.
-        assert_eq!(client.broker(1).await.unwrap().addr(), addr);
+        assert_eq!(client.broker(1).await.unwrap().addr, addr);
         drop(client);
         server.await.unwrap();
     }

@@ -49,6 +49,7 @@ class Broker:
     def __init__(self, data_dir: Path, log_dir: Path, extra_args: list[str], name: str):
         self.data_dir = data_dir
         self.port = free_port()
+        self.pg_port = free_port()  # so brokers never contend for the default 5433
         self.host = "127.0.0.1"
         self.extra_args = list(extra_args)
         self.log_path = log_dir / f"{name}.log"
@@ -70,7 +71,8 @@ class Broker:
 
     def command(self) -> list[str]:
         return [str(binary()), "serve", "--data-dir", str(self.data_dir),
-                "--kafka-addr", self.bootstrap, *self.extra_args]
+                "--kafka-addr", self.bootstrap, "--pg-addr", f"{self.host}:{self.pg_port}",
+                *self.extra_args]
 
     def start(self, timeout: float = READY_TIMEOUT) -> float:
         """Start and wait until the Kafka port answers ApiVersions; returns seconds taken."""
@@ -79,7 +81,9 @@ class Broker:
         log = open(self.log_path, "ab")
         log.write(f"\n===== start #{self.starts}: {' '.join(self.command())}\n".encode())
         log.flush()
-        env = dict(os.environ)
+        # the broker reads SEDIMENT_* settings from the environment: start from none,
+        # so a developer's shell cannot change what a test runs against
+        env = {k: v for k, v in os.environ.items() if not k.startswith("SEDIMENT_")}
         env.setdefault("RUST_BACKTRACE", "1")
         t0 = time.monotonic()
         self.proc = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT,

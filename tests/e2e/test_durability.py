@@ -15,7 +15,7 @@ import random
 import threading
 import time
 
-from helpers import (admin, consume_partition, consume_to_end, create_topic, delete_topic,
+from helpers import (Acks, admin, consume_partition, consume_to_end, create_topic, delete_topic,
                      flush_all, producer, topic_configs, topic_names, unique, watermarks)
 
 CRASH_ROUNDS = int(os.environ.get("SEDIMENT_CRASH_ROUNDS", "5"))
@@ -67,6 +67,7 @@ class LoadThread(threading.Thread):
         self.join(30)
         self.p.purge(in_queue=True, in_flight=True, blocking=False)
         self.p.flush(10)
+        self.p = None  # destroy the client now, not whenever the GC gets to it
 
 
 def _verify_log(bootstrap, topic, acked_by_partition):
@@ -148,18 +149,24 @@ def test_interval_flush_policy_survives_sigterm_with_every_record(make_broker):
 def test_clean_restart_is_fast_and_keeps_data_topics_and_configs(broker):
     topics = {unique("keep-a"): 1, unique("keep-b"): 4}
     configs = {"retention.ms": "86400000", "segment.bytes": "65536",
-               "max.message.bytes": "500000", "message.timestamp.type": "CreateTime"}
+               "max.message.bytes": "2000000", "message.timestamp.type": "CreateTime"}
     for name, parts in topics.items():
         create_topic(broker.bootstrap, name, partitions=parts, config=configs)
     # a few MB over many segments, so a slow recovery scan would show
     payload = os.urandom(900)
     p = producer(broker.bootstrap, **{"linger.ms": 20})
     per_partition = 1500
+    acks = Acks()
     for name, parts in topics.items():
         for part in range(parts):
             for i in range(per_partition):
-                p.produce(name, key=b"%d" % i, value=payload + b"%d" % i, partition=part)
+                p.produce(name, key=b"%d" % i, value=payload + b"%d" % i, partition=part,
+                          on_delivery=acks)
     flush_all(p, 120)
+    assert not acks.errors, acks.errors[:3]
+    for name, parts in topics.items():
+        for part in range(parts):
+            assert watermarks(broker.bootstrap, name, part) == (0, per_partition)
 
     def described():
         out = {}

@@ -26,8 +26,8 @@ use parking_lot::Mutex;
 use tokio::sync::oneshot;
 use tracing::{error, info, warn};
 
+use super::super::GroupError;
 use super::codec::{self, Decoded, EntryRecord, Record};
-use crate::group::GroupError;
 
 /// File name of the offsets log inside the coordinator's directory.
 pub(crate) const LOG_FILE: &str = "offsets.log";
