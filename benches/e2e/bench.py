@@ -652,7 +652,8 @@ class Bench:
             xs = []
             for k, v in producer_conf(broker.bootstrap, a.linger_ms, a.batch_bytes).items():
                 if k != "bootstrap.servers":
-                    xs += ["-X", f"{k}={v:g}" if isinstance(v, float) else f"{k}={str(v).lower()}"]
+                    val = f"{v:g}" if isinstance(v, float) else str(v).lower()
+                    xs += ["-X", f"{k}={val}"]
             procs = []
             t0 = time.monotonic()
             for f in files:
