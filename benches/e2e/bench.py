@@ -159,7 +159,7 @@ def machine_info(data_dir: Path) -> dict:
                 mem_gib = round(int(line.split()[1]) / 1024 / 1024, 1)
     except OSError:
         pass
-    fs = run(["df", "-T", "--output=fstype,source", str(data_dir)]).stdout.split()
+    fs = run(["df", "--output=fstype,source", str(data_dir)]).stdout.split()
     return {
         "nproc": os.cpu_count(),
         "cpu": cpu,
@@ -395,8 +395,12 @@ def py_produce_worker(conf: dict, topic: str, size: int, count: int, max_seconds
         results.put({"exception": traceback.format_exc()})
 
 
-def py_consume_worker(bootstrap: str, topic: str, partitions: list[int], target: int,
+def py_consume_worker(bootstrap: str, topic: str, partitions: list[int], target: int, shared_count,
                       max_seconds: float, idle_seconds: float, ready, go, results) -> None:
+    """Reads `partitions` from offset 0 until all workers together hold `target` records.
+
+    The target is the producers' acked count, not the watermarks: a broker whose
+    ListOffsets is off (Tansu's is) must not cut the run short or stall it."""
     try:
         from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
@@ -421,20 +425,28 @@ def py_consume_worker(bootstrap: str, topic: str, partitions: list[int], target:
         nbytes = 0
         errors = 0
         consume = c.consume
-        while n < target:
+        total = 0
+        while total < target:
             now = time.monotonic()
-            if now > deadline or (n and now - t_last > idle_seconds):
+            if now > deadline or (now - t_last > idle_seconds):
                 break
             msgs = consume(num_messages=10000, timeout=0.2)
             if not msgs:
+                with shared_count.get_lock():
+                    total = shared_count.value
                 continue
             t_last = time.monotonic()
+            k = 0
             for m in msgs:
                 if m.error():
                     errors += 1
                     continue
-                n += 1
+                k += 1
                 nbytes += len(m)
+            n += k
+            with shared_count.get_lock():
+                shared_count.value += k
+                total = shared_count.value
         c.close()
         results.put({"consumed": n, "bytes": nbytes, "errors": errors, "t_start": t_start, "t_end": t_last})
     except Exception:  # noqa: BLE001
@@ -619,7 +631,7 @@ class Bench:
         if detail:
             out["error_detail"] = detail[:500]
         if stored != acked:
-            out["warning"] = f"watermarks show {stored} records, client acked {acked}"
+            out["warning"] = f"ListOffsets (earliest..latest) reports {stored} records, client acked {acked}"
         log(f"  {broker.name} produce {size} B via {client}: {out['records_per_s']:,.0f} rec/s, "
             f"{out['MBps']:.1f} MB/s ({acked:,} in {elapsed:.2f}s, errors {errors}"
             f"{', TRUNCATED' if truncated else ''}{', ' + out['warning'] if 'warning' in out else ''})")
@@ -688,17 +700,18 @@ class Bench:
 
     # -- consume ---------------------------------------------------------------
 
-    def consume(self, broker: Broker, client: str, topic: str, size: int) -> dict:
+    def consume(self, broker: Broker, client: str, topic: str, size: int, total: int) -> dict:
+        """Read `topic` back from offset 0; `total` is what its producers got acked."""
         a = self.a
         wm = watermarks(broker.bootstrap, topic, a.partitions)
         per_part = [hi - lo for lo, hi in wm]
-        total = sum(per_part)
         cpu0 = broker.cpu()
         if client == "python":
             groups = split_partitions(a.partitions, a.consumers)
+            shared = self.ctx.Value("q", 0)
             t_go, res = run_workers(
                 self.ctx, py_consume_worker,
-                [(broker.bootstrap, topic, g, sum(per_part[p] for p in g), a.max_run_seconds, a.idle_seconds)
+                [(broker.bootstrap, topic, g, total, shared, a.max_run_seconds, a.idle_seconds)
                  for g in groups],
                 run_timeout=a.max_run_seconds + 60)
             consumed = sum(r["consumed"] for r in res)
@@ -717,7 +730,7 @@ class Bench:
             "broker_cpu_s": (cpu1 - cpu0) if cpu0 is not None and cpu1 is not None else None,
         }
         if consumed != total:
-            out["warning"] = f"consumed {consumed} of {total} records (by watermarks)"
+            out["warning"] = f"consumed {consumed} of {total} acked records"
         log(f"  {broker.name} consume {size} B via {client}: {out['records_per_s']:,.0f} rec/s, "
             f"{out['MBps']:.1f} MB/s ({consumed:,} in {elapsed:.2f}s"
             f"{', ' + out['warning'] if 'warning' in out else ''})")
@@ -868,14 +881,15 @@ class Bench:
                         raise RuntimeError(f"{broker.name} died; log:\n{broker.tail()}")
             for size in (100, 1024):
                 res["consume"][str(size)] = {}
-                # Read back the topic the first client filled; every client reads the same data.
-                src = next((c for c in a.clients if c in res["produce"][str(size)]), None)
-                if src is None:
+                # Every client reads back the same topic: the fullest one.
+                runs = res["produce"][str(size)]
+                src = max(runs, key=lambda c: runs[c]["acked"], default=None)
+                if src is None or runs[src]["acked"] == 0:
                     continue
                 for client in a.clients:
                     try:
                         res["consume"][str(size)][client] = self.consume(
-                            broker, client, f"bench-p{size}-{src}", size)
+                            broker, client, f"bench-p{size}-{src}", size, runs[src]["acked"])
                     except Exception as e:  # noqa: BLE001
                         msg = f"consume {size} B via {client}: {e}"
                         log(f"  ERROR {broker.name} {msg}")
@@ -1001,7 +1015,7 @@ def versions(args) -> dict:
     import confluent_kafka
 
     v = {"librdkafka (confluent-kafka)": confluent_kafka.libversion()[0],
-         "confluent-kafka": confluent_kafka.version()[0]}
+         "confluent-kafka": str(confluent_kafka.__version__)}
     if shutil.which("kcat"):
         m = re.search(r"Version (\S+) .*?librdkafka (\S+)", run(["kcat", "-V"]).stdout, re.S)
         if m:

@@ -26,6 +26,7 @@
 mod broker;
 pub mod error;
 pub mod group;
+mod guard;
 mod server;
 
 pub use broker::{supported_versions, Broker};

@@ -150,6 +150,9 @@ async fn handle_frame(
     }
     let header = RequestHeader::decode(&mut body, api.request_header_version(version))
         .map_err(|e| ConnError::Malformed(e.to_string()))?;
+    // kafka-protocol preallocates arrays from wire counts: bound them first.
+    crate::guard::check_body(api, version, &body)
+        .map_err(|e| ConnError::Malformed(format!("{api:?} v{version}: {e}")))?;
     let request = RequestKind::decode(api, &mut body, version)
         .map_err(|e| ConnError::Malformed(format!("{api:?} v{version}: {e}")))?;
     let correlation_id = header.correlation_id;

@@ -39,6 +39,7 @@ mod index;
 mod manager;
 mod partition;
 mod producer;
+pub mod records;
 mod segment;
 
 use std::collections::VecDeque;

@@ -701,20 +701,17 @@ impl Partition {
                     return Ok(None);
                 }
                 if h.max_timestamp >= ts {
-                    if h.is_log_append_time() {
-                        return Ok(Some((h.base_offset, h.max_timestamp)));
-                    }
                     let bytes = seg.read_at(pos, h.size)?;
-                    let mut b = Bytes::from(bytes);
-                    let set = kafka_protocol::records::RecordBatchDecoder::decode(&mut b).map_err(
-                        |e| LogError::Corrupt {
-                            path: seg.path.clone(),
-                            position: pos,
-                            reason: e.to_string(),
-                        },
-                    )?;
-                    if let Some(r) = set.records.iter().find(|r| r.timestamp >= ts) {
-                        return Ok(Some((r.offset, r.timestamp)));
+                    let found =
+                        crate::records::first_at_or_after(&bytes, max_batch, ts).map_err(|e| {
+                            LogError::Corrupt {
+                                path: seg.path.clone(),
+                                position: pos,
+                                reason: e.to_string(),
+                            }
+                        })?;
+                    if found.is_some() {
+                        return Ok(found);
                     }
                 }
                 pos += h.size as u64;
