@@ -26,6 +26,9 @@ pub struct ServeArgs {
     /// Postgres protocol listener [default: 127.0.0.1:5433] (served once SQL lands).
     #[arg(long, env = "SEDIMENT_PG_ADDR")]
     pub pg_addr: Option<String>,
+    /// Prometheus metrics endpoint (GET /metrics), e.g. 127.0.0.1:9644 [default: off].
+    #[arg(long, env = "SEDIMENT_METRICS_ADDR")]
+    pub metrics_addr: Option<String>,
     /// Archive location: file:///path or s3://bucket/prefix [default: <data-dir>/archive].
     #[arg(long, env = "SEDIMENT_OBJECT_STORE")]
     pub object_store: Option<String>,
@@ -70,6 +73,7 @@ struct FileConfig {
     kafka_addr: Option<String>,
     advertised_host: Option<String>,
     pg_addr: Option<String>,
+    metrics_addr: Option<String>,
     object_store: Option<String>,
     flush_policy: Option<String>,
     flush_interval_ms: Option<u64>,
@@ -89,6 +93,7 @@ pub struct Settings {
     pub kafka_addr: SocketAddr,
     pub advertised_host: String,
     pub pg_addr: SocketAddr,
+    pub metrics_addr: Option<SocketAddr>,
     pub object_store: String,
     pub flush: sediment_log::FlushPolicy,
     pub auto_create_topics: bool,
@@ -147,6 +152,10 @@ impl Settings {
             .or(file.pg_addr)
             .unwrap_or_else(|| "127.0.0.1:5433".into());
         let pg_addr = parse_addr("postgres address", &pg)?;
+        let metrics_addr = match args.metrics_addr.clone().or(file.metrics_addr) {
+            Some(a) => Some(parse_addr("metrics address", &a)?),
+            None => None,
+        };
         let object_store = args
             .object_store
             .clone()
@@ -207,6 +216,7 @@ impl Settings {
             kafka_addr,
             advertised_host,
             pg_addr,
+            metrics_addr,
             object_store,
             flush,
             auto_create_topics: args

@@ -134,6 +134,17 @@ async fn serve(args: ServeArgs) -> Result<()> {
         groups.clone(),
         ingest,
     ));
+    if let Some(addr) = settings.metrics_addr {
+        let l = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("binding the metrics listener on {addr}"))?;
+        tracing::info!(metrics = %l.local_addr()?, "serving Prometheus metrics at /metrics");
+        tracker.spawn(sediment_ingest::serve_metrics(
+            l,
+            broker.clone(),
+            cancel.clone(),
+        ));
+    }
     tracker.spawn(sediment_ingest::serve(
         listener,
         broker,

@@ -40,6 +40,7 @@ import struct
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import traceback
 import uuid
@@ -453,8 +454,9 @@ def py_consume_worker(bootstrap: str, topic: str, partitions: list[int], target:
         results.put({"exception": traceback.format_exc()})
 
 
-def lat_produce_worker(conf: dict, topic: str, size: int, rate: float, t_begin_ns: int,
+def lat_produce_worker(role: str, conf: dict, topic: str, size: int, rate: float, t_begin_ns: int,
                        t_end_ns: int, ready, go, results) -> None:
+    """Sends `rate` records/s from t_begin_ns to t_end_ns, each starting with its send time."""
     try:
         from confluent_kafka import Producer
 
@@ -487,13 +489,14 @@ def lat_produce_worker(conf: dict, topic: str, size: int, rate: float, t_begin_n
                 poll(0)
             time.sleep(0.0005)
         unflushed = p.flush(30)
-        results.put({"sent": sent, "errors": errors[0], "unflushed": unflushed})
+        results.put({"role": role, "sent": sent, "errors": errors[0], "unflushed": unflushed})
     except Exception:  # noqa: BLE001
         results.put({"exception": traceback.format_exc()})
 
 
-def lat_consume_worker(bootstrap: str, topic: str, partitions: list[int], measure_from_ns: int,
+def lat_consume_worker(role: str, bootstrap: str, topic: str, partitions: list[int], measure_from_ns: int,
                        measure_to_ns: int, stop_ns: int, out_path: str, ready, go, results) -> None:
+    """Reads until stop_ns; keeps now - send time of records sent in [measure_from_ns, measure_to_ns)."""
     try:
         from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
@@ -529,9 +532,10 @@ def lat_consume_worker(bootstrap: str, topic: str, partitions: list[int], measur
                 if measure_from_ns <= ts < measure_to_ns:
                     lat.append(now - ts)
         c.close()
-        with open(out_path, "wb") as f:
-            lat.tofile(f)
-        results.put({"consumed": n, "samples": len(lat)})
+        if out_path:
+            with open(out_path, "wb") as f:
+                lat.tofile(f)
+        results.put({"role": role, "consumed": n, "samples": len(lat)})
     except Exception:  # noqa: BLE001
         results.put({"exception": traceback.format_exc()})
 
@@ -579,6 +583,58 @@ def run_workers(ctx, target, arg_list: list[tuple], ready_timeout: float = 90,
     if len(got) < len(procs):
         raise RuntimeError(f"only {len(got)} of {len(procs)} workers reported")
     return t_go, got
+
+
+def kcat_x(conf: dict) -> list[str]:
+    """librdkafka properties as kcat -X arguments."""
+    xs = []
+    for k, v in conf.items():
+        if k != "bootstrap.servers":
+            val = f"{v:g}" if isinstance(v, float) else str(v).lower()
+            xs += ["-X", f"{k}={val}"]
+    return xs
+
+
+def payload_lines(size: int, n: int = 1000) -> list[bytes]:
+    """n distinct printable lines of `size` bytes including the newline (kcat's record delimiter)."""
+    rnd = random.Random(size)
+    alphabet = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"
+    return [("".join(rnd.choice(alphabet) for _ in range(size - 1)) + "\n").encode() for _ in range(n)]
+
+
+class RateFeeder(threading.Thread):
+    """Writes `rate` lines/s of `size` bytes into a kcat -P stdin from start_ns to end_ns, then closes it."""
+
+    def __init__(self, pipe, size: int, rate: float, start_ns: int, end_ns: int):
+        super().__init__(daemon=True)
+        self.pipe, self.size, self.rate = pipe, size, rate
+        self.start_ns, self.end_ns = start_ns, end_ns
+        self.block = b"".join(payload_lines(size))
+        self.sent = 0
+        self.stop = False
+
+    def run(self) -> None:
+        per_block = len(self.block) // self.size
+        try:
+            while not self.stop:
+                now = time.monotonic_ns()
+                if now >= self.end_ns:
+                    break
+                if now >= self.start_ns:
+                    due = int((now - self.start_ns) * self.rate / 1e9)
+                    while self.sent < due:
+                        n = min(due - self.sent, per_block)
+                        self.pipe.write(self.block[: n * self.size])
+                        self.sent += n
+                    self.pipe.flush()
+                time.sleep(0.001)
+        except (BrokenPipeError, ValueError, OSError):
+            pass
+        finally:
+            try:
+                self.pipe.close()
+            except OSError:
+                pass
 
 
 def split_partitions(partitions: int, workers: int) -> list[list[int]]:
@@ -643,16 +699,14 @@ class Bench:
         src = shm / f"sediment-bench-{os.getpid()}-{size}.txt"
         try:
             # One file of max(per) lines; every kcat process reads its own prefix of it.
-            rnd = random.Random(size)
-            alphabet = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"
-            lines = ["".join(rnd.choice(alphabet) for _ in range(size - 1)) + "\n" for _ in range(1000)]
-            block = "".join(lines).encode()
+            lines = payload_lines(size)
+            block = b"".join(lines)
             files = []
             need = max(per)
             with open(src, "wb") as f:
                 for _ in range(need // 1000):
                     f.write(block)
-                f.write(b"".join(x.encode() for x in lines[: need % 1000]))
+                f.write(b"".join(lines[: need % 1000]))
             for i, n in enumerate(per):
                 if n == need:
                     files.append(src)
@@ -661,11 +715,7 @@ class Bench:
                     with open(src, "rb") as fin, open(fi, "wb") as fout:
                         fout.write(fin.read(n * size))
                     files.append(fi)
-            xs = []
-            for k, v in producer_conf(broker.bootstrap, a.linger_ms, a.batch_bytes).items():
-                if k != "bootstrap.servers":
-                    val = f"{v:g}" if isinstance(v, float) else str(v).lower()
-                    xs += ["-X", f"{k}={val}"]
+            xs = kcat_x(producer_conf(broker.bootstrap, a.linger_ms, a.batch_bytes))
             procs = []
             t0 = time.monotonic()
             for f in files:
@@ -776,48 +826,94 @@ class Bench:
 
     # -- latency ---------------------------------------------------------------
 
-    def latency(self, broker: Broker, topic: str, size: int, rate: float) -> dict:
+    def latency(self, broker: Broker, size: int, rate: float, load_client: str) -> dict:
+        """Produce-to-consume latency under a load of `rate` records/s.
+
+        The load (rate records/s of `size` bytes into a `--partitions` topic,
+        read back by consumers as it arrives) comes from `load_client`: kcat
+        fed at the target rate through its stdin, or confluent-kafka processes.
+        The latency itself is sampled by a separate confluent-kafka probe:
+        `--lat-probe-rate` records/s into a 1-partition topic, each carrying
+        its CLOCK_MONOTONIC send time, read by a consumer that computes
+        now - send time.  Keeping the probe small keeps Python's per-record
+        cost out of the measurement on a 2-core machine."""
         a = self.a
-        create_topic(broker.bootstrap, topic, a.partitions)
-        conf = producer_conf(broker.bootstrap, a.lat_linger_ms, a.batch_bytes)
+        load_topic, probe_topic = "bench-latency-load", "bench-latency-probe"
+        create_topic(broker.bootstrap, load_topic, a.partitions)
+        create_topic(broker.bootstrap, probe_topic, 1)
+        load_conf = producer_conf(broker.bootstrap, a.linger_ms, a.batch_bytes)
+        probe_conf = producer_conf(broker.bootstrap, a.lat_linger_ms, a.batch_bytes)
         # Workers need a few seconds to start (spawn + import + connect); the
-        # schedule is set so they are all ready before it begins.
+        # schedule is fixed now so that they are all ready before it begins.
         start_ns = time.monotonic_ns() + int(a.lat_startup_seconds * 1e9)
         measure_from = start_ns + int(a.lat_warmup_seconds * 1e9)
         end_ns = measure_from + int(a.lat_seconds * 1e9)
         stop_ns = end_ns + int(a.lat_drain_seconds * 1e9)
-        groups = split_partitions(a.partitions, a.consumers)
+        run_seconds = (end_ns - start_ns) / 1e9
         ctx = self.ctx
         ready, results, go = ctx.Queue(), ctx.Queue(), ctx.Event()
-        procs = []
-        outs = []
+        procs: list = []
+        popens: list = []
+        feeders: list = []
+        kcat_outs: list = []
+        n_ready = 0
+        probe_out = self.work / f"lat-{broker.name}-probe.bin"
+
+        def spawn(target, *args):
+            p = ctx.Process(target=target, args=(*args, ready, go, results), daemon=True)
+            _CHILDREN.append(p)
+            p.start()
+            procs.append(p)
+
         cpu0 = broker.cpu()
         try:
-            for i, g in enumerate(groups):
-                of = self.work / f"lat-{broker.name}-{i}.bin"
-                outs.append(of)
-                p = ctx.Process(target=lat_consume_worker, daemon=True,
-                                args=(broker.bootstrap, topic, g, measure_from, end_ns, stop_ns, str(of),
-                                      ready, go, results))
-                _CHILDREN.append(p)
-                p.start()
-                procs.append(p)
-            for _ in groups:
-                ready.get(timeout=60)
-            for _ in range(a.producers):
-                p = ctx.Process(target=lat_produce_worker, daemon=True,
-                                args=(conf, topic, size, rate / a.producers, start_ns, end_ns, ready, go, results))
-                _CHILDREN.append(p)
-                p.start()
-                procs.append(p)
-            for _ in range(a.producers):
-                ready.get(timeout=60)
+            # consumers first, so that they are fetching before anything is sent
+            spawn(lat_consume_worker, "probe", broker.bootstrap, probe_topic, [0], measure_from, end_ns,
+                  stop_ns, str(probe_out))
+            n_ready += 1
+            if load_client == "kcat":
+                for p in range(a.partitions):
+                    of = self.work / f"lat-load-{broker.name}-{p}.out"
+                    fh = open(of, "wb")
+                    kcat_outs.append((of, fh))
+                    popens.append(popen(["kcat", "-C", "-b", broker.bootstrap, "-t", load_topic, "-p", str(p),
+                                         "-o", "beginning", "-q", "-f", "%o\n"],
+                                        stdout=fh, stderr=subprocess.DEVNULL))
+            else:
+                for g in split_partitions(a.partitions, a.consumers):
+                    spawn(lat_consume_worker, "load", broker.bootstrap, load_topic, g, 0, 0, stop_ns, "")
+                    n_ready += 1
+            spawn(lat_produce_worker, "probe", probe_conf, probe_topic, size, a.lat_probe_rate,
+                  start_ns, end_ns)
+            n_ready += 1
+            if load_client == "kcat":
+                xs = kcat_x(load_conf)
+                for _ in range(a.producers):
+                    kp = popen(["kcat", "-P", "-b", broker.bootstrap, "-t", load_topic, *xs],
+                               stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                    popens.append(kp)
+                    f = RateFeeder(kp.stdin, size, rate / a.producers, start_ns, end_ns)
+                    feeders.append(f)
+            else:
+                for _ in range(a.producers):
+                    spawn(lat_produce_worker, "load", load_conf, load_topic, size, rate / a.producers,
+                          start_ns, end_ns)
+                    n_ready += 1
+            for _ in range(n_ready):
+                ready.get(timeout=90)
             if time.monotonic_ns() > start_ns:
                 log("  warning: latency workers were not ready before the schedule started "
                     "(raise --lat-startup-seconds)")
             go.set()
+            for f in feeders:
+                f.start()
             res = [results.get(timeout=(stop_ns - time.monotonic_ns()) / 1e9 + 90) for _ in procs]
+            for f in feeders:
+                f.join()
+            time.sleep(max(0.0, (stop_ns - time.monotonic_ns()) / 1e9))
         finally:
+            for f in feeders:
+                f.stop = True
             for p in procs:
                 p.join(10)
                 if p.is_alive():
@@ -825,39 +921,66 @@ class Bench:
                     p.join(5)
                 if p in _CHILDREN:
                     _CHILDREN.remove(p)
+            for kp in popens:  # kcat producers got EOF on stdin: they flush and exit; consumers are stopped
+                if kp.stdin:
+                    try:
+                        kp.stdin.close()
+                    except OSError:
+                        pass
+                    try:
+                        kp.wait(30)
+                    except subprocess.TimeoutExpired:
+                        pass
+                _stop_popen(kp, grace=5)
+                if kp in _CHILDREN:
+                    _CHILDREN.remove(kp)
         cpu1 = broker.cpu()
         for r in res:
             if "exception" in r:
                 raise RuntimeError(f"latency worker failed:\n{r['exception']}")
-        sent = sum(r["sent"] for r in res if "sent" in r)
+        probe_sent = sum(r["sent"] for r in res if r["role"] == "probe" and "sent" in r)
+        probe_consumed = sum(r["consumed"] for r in res if r["role"] == "probe" and "consumed" in r)
         prod_errors = sum(r["errors"] + r["unflushed"] for r in res if "sent" in r)
-        consumed = sum(r["consumed"] for r in res if "consumed" in r)
-        lat: list[int] = []
-        for of in outs:
-            arr = array.array("q")
-            with open(of, "rb") as f:
-                data = f.read()
-            arr.frombytes(data)
-            lat.extend(arr)
-            of.unlink(missing_ok=True)
-        lat.sort()
-        run_seconds = (end_ns - start_ns) / 1e9
-        # Records produced during the measured window, estimated from the
-        # schedule: every producer sends at rate/producers unless it falls behind.
+        if load_client == "kcat":
+            load_sent = sum(f.sent for f in feeders)
+            load_consumed = 0
+            for of, fh in kcat_outs:
+                fh.close()
+                with open(of, "rb") as fin:
+                    load_consumed += sum(c.count(b"\n") for c in iter(lambda: fin.read(1 << 20), b""))
+                of.unlink(missing_ok=True)
+        else:
+            load_sent = sum(r["sent"] for r in res if r["role"] == "load" and "sent" in r)
+            load_consumed = sum(r["consumed"] for r in res if r["role"] == "load" and "consumed" in r)
+        arr = array.array("q")
+        with open(probe_out, "rb") as fin:
+            arr.frombytes(fin.read())
+        probe_out.unlink(missing_ok=True)
+        lat = sorted(arr)
         out = {
-            "client": "python", "topic": topic, "record_bytes": size, "target_rate": rate,
-            "achieved_rate": sent / run_seconds, "sent": sent, "consumed": consumed,
+            "load_client": load_client, "probe_client": "python", "record_bytes": size,
+            "target_rate": rate, "achieved_rate": load_sent / run_seconds,
+            "load_sent": load_sent, "load_consumed": load_consumed,
+            "probe_rate": a.lat_probe_rate, "probe_sent": probe_sent, "probe_consumed": probe_consumed,
             "producer_errors": prod_errors, "samples": len(lat), "seconds_measured": a.lat_seconds,
             "p50_ms": percentile(lat, 0.50) / 1e6, "p99_ms": percentile(lat, 0.99) / 1e6,
             "p999_ms": percentile(lat, 0.999) / 1e6, "max_ms": (lat[-1] / 1e6) if lat else float("nan"),
-            "linger_ms": a.lat_linger_ms,
+            "probe_linger_ms": a.lat_linger_ms, "load_linger_ms": a.linger_ms,
             "broker_cpu_s": (cpu1 - cpu0) if cpu0 is not None and cpu1 is not None else None,
         }
-        if consumed < sent:
-            out["warning"] = f"consumed {consumed} of {sent} sent"
-        log(f"  {broker.name} latency @ {out['achieved_rate']:,.0f} rec/s (target {rate:,.0f}): "
-            f"p50 {out['p50_ms']:.3f} ms, p99 {out['p99_ms']:.3f} ms, p999 {out['p999_ms']:.3f} ms "
-            f"({len(lat):,} samples{', ' + out['warning'] if 'warning' in out else ''})")
+        warn = []
+        if load_sent < 0.9 * rate * run_seconds:
+            warn.append(f"load reached only {out['achieved_rate']:,.0f} of {rate:,.0f} rec/s")
+        if load_consumed < load_sent:
+            warn.append(f"load consumers read {load_consumed:,} of {load_sent:,} sent")
+        if probe_consumed < probe_sent or prod_errors:
+            warn.append(f"probe read {probe_consumed} of {probe_sent} sent, {prod_errors} producer errors")
+        if warn:
+            out["warning"] = "; ".join(warn)
+        log(f"  {broker.name} latency @ {out['achieved_rate']:,.0f} rec/s load via {load_client} "
+            f"(target {rate:,.0f}): p50 {out['p50_ms']:.3f} ms, p99 {out['p99_ms']:.3f} ms, "
+            f"p999 {out['p999_ms']:.3f} ms ({len(lat):,} probe samples"
+            f"{'; ' + out['warning'] if warn else ''})")
         return out
 
     # -- one broker, every workload --------------------------------------------
@@ -865,14 +988,22 @@ class Bench:
     def run_broker(self, broker: Broker) -> dict:
         a = self.a
         res: dict = {"produce": {}, "consume": {}, "errors": []}
+        unusable: set[str] = set()  # clients that cannot talk to this broker at all
         broker.start()
         try:
             for size, count in ((100, a.records_100), (1024, a.records_1k)):
                 res["produce"][str(size)] = {}
                 for client in a.clients:
+                    if client in unusable:
+                        continue
                     topic = f"bench-p{size}-{client}"
                     try:
-                        res["produce"][str(size)][client] = self.produce(broker, client, topic, size, count)
+                        r = res["produce"][str(size)][client] = self.produce(broker, client, topic, size, count)
+                        if r["acked"] == 0:
+                            unusable.add(client)
+                            msg = f"{client} cannot produce to {broker.name}: {r.get('error_detail', '?')[:300]}"
+                            log(f"  {msg}; not using {client} with {broker.name}")
+                            res["errors"].append(msg)
                     except Exception as e:  # noqa: BLE001 - keep going, report it
                         msg = f"produce {size} B via {client}: {e}"
                         log(f"  ERROR {broker.name} {msg}")
@@ -887,6 +1018,8 @@ class Bench:
                 if src is None or runs[src]["acked"] == 0:
                     continue
                 for client in a.clients:
+                    if client in unusable:
+                        continue
                     try:
                         res["consume"][str(size)][client] = self.consume(
                             broker, client, f"bench-p{size}-{src}", size, runs[src]["acked"])
@@ -898,9 +1031,10 @@ class Bench:
                         raise RuntimeError(f"{broker.name} died; log:\n{broker.tail()}")
             peak = max((r["records_per_s"] for r in res["produce"].get("100", {}).values()), default=0)
             rate = a.lat_rate or peak * 0.5
+            load_client = "kcat" if "kcat" in a.clients and "kcat" not in unusable else "python"
             if rate > 0:
                 try:
-                    res["latency"] = self.latency(broker, "bench-latency", 100, rate)
+                    res["latency"] = self.latency(broker, 100, rate, load_client)
                     res["latency"]["peak_produce_rate"] = peak
                 except Exception as e:  # noqa: BLE001
                     msg = f"latency: {e}"
@@ -964,7 +1098,8 @@ def table(results: dict) -> str:
         def cell(lr):
             if not lr:
                 return "n/a"
-            return f"{lr[q + '_ms']:.2f} ms @ {lr['achieved_rate']:,.0f} rec/s" + (" ⚠" if lr.get("warning") else "")
+            return (f"{lr[q + '_ms']:.2f} ms @ {lr['achieved_rate']:,.0f} rec/s ({lr['load_client']} load)"
+                    + (" ⚠" if lr.get("warning") else ""))
         rows.append((f"produce→consume latency {q}, 100 B, ~half peak", cell(sl), cell(tl),
                      f"{fsync_ms:.2f} ms per 4 KiB O_DSYNC write" if fsync_ms else "n/a"))
     rows.append(("broker peak RSS, MB",
@@ -1074,7 +1209,8 @@ def parse_args(argv=None):
     ap.add_argument("--lat-drain-seconds", type=float, default=3)
     ap.add_argument("--lat-startup-seconds", type=float, default=8)
     ap.add_argument("--lat-rate", type=float, default=0, help="records/s (default: half the best 100 B produce rate)")
-    ap.add_argument("--lat-linger-ms", type=float, default=1)
+    ap.add_argument("--lat-linger-ms", type=float, default=1, help="linger.ms of the latency probe producer")
+    ap.add_argument("--lat-probe-rate", type=float, default=2000, help="latency probe records/s")
     ap.add_argument("--dd-mib", type=int, default=1024)
     ap.add_argument("--dsync-writes", type=int, default=1000)
     ap.add_argument("--iperf-seconds", type=float, default=3)
@@ -1176,7 +1312,9 @@ def main(argv=None) -> int:
         f"Clients: {clients} ({a.producers} producer processes, {a.partitions} partitions, acks=all, "
         f"idempotence on, linger.ms={a.linger_ms:g}, batch.size={a.batch_bytes}, no compression); "
         f"the best client per cell is named. Sediment flush policy: {a.flush_policy}; Tansu: memory://. "
-        f"Latency: confluent-kafka, linger.ms={a.lat_linger_ms:g}, {a.lat_seconds:g} s measured.",
+        f"Latency: a {a.lat_probe_rate:g} rec/s confluent-kafka probe (linger.ms={a.lat_linger_ms:g}, "
+        f"own 1-partition topic) while a load of half the broker's best 100 B produce rate runs, "
+        f"{a.lat_seconds:g} s measured.",
         "",
         table(results),
         "",

@@ -85,6 +85,9 @@ fn sb(s: &str) -> StrBytes {
 
 /// Largest wait a fetch may ask for.
 const MAX_FETCH_WAIT: Duration = Duration::from_secs(30);
+/// Kafka's `fetch.max.bytes`: the most record bytes one Fetch response
+/// carries, whatever the client asks for (bounds memory per connection).
+const MAX_FETCH_BYTES: usize = 55 * 1024 * 1024;
 /// Longest a produce waits for its fsync before answering REQUEST_TIMED_OUT.
 const MAX_PRODUCE_WAIT: Duration = Duration::from_secs(60);
 
@@ -92,6 +95,7 @@ pub struct Broker {
     log: Arc<LogManager>,
     groups: Arc<GroupCoordinator>,
     config: IngestConfig,
+    metrics: crate::metrics::Metrics,
 }
 
 impl Broker {
@@ -100,7 +104,12 @@ impl Broker {
             log,
             groups,
             config,
+            metrics: Default::default(),
         }
+    }
+
+    pub fn metrics(&self) -> &crate::metrics::Metrics {
+        &self.metrics
     }
 
     pub fn config(&self) -> &IngestConfig {
@@ -439,9 +448,9 @@ impl Broker {
         let max_wait = Duration::from_millis(req.max_wait_ms.max(0) as u64).min(MAX_FETCH_WAIT);
         let min_bytes = req.min_bytes.max(0) as usize;
         let max_bytes = if req.max_bytes <= 0 {
-            i32::MAX as usize
+            MAX_FETCH_BYTES
         } else {
-            req.max_bytes as usize
+            (req.max_bytes as usize).min(MAX_FETCH_BYTES)
         };
         let mut changes = self.log.subscribe_high_watermarks();
         let wanted: Arc<FetchWanted> = Arc::new(

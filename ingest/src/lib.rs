@@ -27,9 +27,11 @@ mod broker;
 pub mod error;
 pub mod group;
 mod guard;
+mod metrics;
 mod server;
 
 pub use broker::{supported_versions, Broker};
+pub use metrics::{serve_metrics, Metrics};
 pub use server::{encode_response, serve};
 
 /// Settings of the Kafka listener.

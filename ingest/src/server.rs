@@ -10,6 +10,7 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use bytes::{BufMut, Bytes, BytesMut};
@@ -28,7 +29,7 @@ pub type Pending = Pin<Box<dyn Future<Output = Option<BytesMut>> + Send>>;
 
 /// Responses allowed to wait in a connection's queue before the reader stops
 /// reading more requests (back-pressure on pipelining clients).
-const MAX_IN_FLIGHT: usize = 32;
+const MAX_IN_FLIGHT: usize = 16;
 
 /// Accepts connections until `cancel` fires; every connection task is
 /// tracked by `tracker` so shutdown can wait for them.
@@ -82,11 +83,18 @@ async fn connection(
     cancel: CancellationToken,
 ) -> Result<(), ConnError> {
     stream.set_nodelay(true)?;
+    broker.metrics().connections.fetch_add(1, Ordering::Relaxed);
+    let _open = ConnectionGauge(broker.clone());
     let (mut rd, mut wr) = stream.into_split();
     let (tx, mut rx) = mpsc::channel::<Pending>(MAX_IN_FLIGHT);
+    let wbroker = broker.clone();
     let writer = tokio::spawn(async move {
         while let Some(pending) = rx.recv().await {
             if let Some(bytes) = pending.await {
+                wbroker
+                    .metrics()
+                    .bytes_out
+                    .fetch_add(bytes.len() as u64, Ordering::Relaxed);
                 if let Err(e) = wr.write_all(&bytes).await {
                     tracing::debug!(error = %e, "write failed");
                     return;
@@ -109,11 +117,28 @@ async fn connection(
             }
             let len = i32::from_be_bytes(len_buf);
             if len < 8 || len as usize > max_frame {
+                broker
+                    .metrics()
+                    .malformed_requests
+                    .fetch_add(1, Ordering::Relaxed);
                 return Err(ConnError::BadFrameLength(i64::from(len)));
             }
             let mut body = BytesMut::zeroed(len as usize);
             rd.read_exact(&mut body).await?;
-            let pending = handle_frame(&broker, body.freeze(), peer).await?;
+            broker
+                .metrics()
+                .bytes_in
+                .fetch_add(len as u64 + 4, Ordering::Relaxed);
+            let pending = match handle_frame(&broker, body.freeze(), peer).await {
+                Ok(p) => p,
+                Err(e) => {
+                    broker
+                        .metrics()
+                        .malformed_requests
+                        .fetch_add(1, Ordering::Relaxed);
+                    return Err(e);
+                }
+            };
             if tx.send(pending).await.is_err() {
                 return Ok(());
             }
@@ -123,6 +148,15 @@ async fn connection(
     drop(tx);
     let _ = writer.await;
     result
+}
+
+/// Decrements the open-connections gauge when a connection ends.
+struct ConnectionGauge(Arc<Broker>);
+
+impl Drop for ConnectionGauge {
+    fn drop(&mut self) {
+        self.0.metrics().connections.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 async fn handle_frame(
@@ -156,6 +190,7 @@ async fn handle_frame(
     let request = RequestKind::decode(api, &mut body, version)
         .map_err(|e| ConnError::Malformed(format!("{api:?} v{version}: {e}")))?;
     let correlation_id = header.correlation_id;
+    broker.metrics().count_request(api);
     tracing::trace!(%peer, ?api, version, correlation_id, "request");
     match broker.handle(header, request, version).await {
         Handled::Now(resp) => {

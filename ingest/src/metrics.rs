@@ -1,0 +1,191 @@
+//! Broker metrics in the Prometheus text exposition format, served over a
+//! minimal HTTP endpoint (`GET /metrics`).
+
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::Arc;
+
+use kafka_protocol::messages::ApiKey;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::Broker;
+
+const API_SLOTS: usize = 128;
+
+/// Counters updated on the request path (relaxed atomics, no locks).
+#[derive(Debug)]
+pub struct Metrics {
+    requests: [AtomicU64; API_SLOTS],
+    pub bytes_in: AtomicU64,
+    pub bytes_out: AtomicU64,
+    pub connections: AtomicI64,
+    pub malformed_requests: AtomicU64,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics {
+            requests: std::array::from_fn(|_| AtomicU64::new(0)),
+            bytes_in: AtomicU64::new(0),
+            bytes_out: AtomicU64::new(0),
+            connections: AtomicI64::new(0),
+            malformed_requests: AtomicU64::new(0),
+        }
+    }
+}
+
+impl Metrics {
+    pub fn count_request(&self, api: ApiKey) {
+        if let Some(c) = self.requests.get(api as usize) {
+            c.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// The exposition text for these counters and the log's partitions.
+    pub fn render(&self, broker: &Broker) -> String {
+        let mut out = String::with_capacity(4096);
+        let _ = writeln!(out, "# HELP sediment_requests_total Kafka requests handled, by API.\n# TYPE sediment_requests_total counter");
+        for api in ApiKey::iter() {
+            let n = self
+                .requests
+                .get(api as usize)
+                .map(|c| c.load(Ordering::Relaxed))
+                .unwrap_or(0);
+            if n > 0 {
+                let _ = writeln!(out, "sediment_requests_total{{api=\"{api:?}\"}} {n}");
+            }
+        }
+        let scalar = |out: &mut String, name: &str, kind: &str, help: &str, v: i64| {
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}"
+            );
+        };
+        scalar(
+            &mut out,
+            "sediment_request_bytes_total",
+            "counter",
+            "Bytes of Kafka requests received.",
+            self.bytes_in.load(Ordering::Relaxed) as i64,
+        );
+        scalar(
+            &mut out,
+            "sediment_response_bytes_total",
+            "counter",
+            "Bytes of Kafka responses sent.",
+            self.bytes_out.load(Ordering::Relaxed) as i64,
+        );
+        scalar(
+            &mut out,
+            "sediment_connections",
+            "gauge",
+            "Open Kafka connections.",
+            self.connections.load(Ordering::Relaxed),
+        );
+        scalar(
+            &mut out,
+            "sediment_malformed_requests_total",
+            "counter",
+            "Requests that closed their connection as malformed or unsupported.",
+            self.malformed_requests.load(Ordering::Relaxed) as i64,
+        );
+        type Getter = fn(&sediment_log::Partition) -> i64;
+        let gauges: [(&str, &str, &str, Getter); 7] = [
+            (
+                "sediment_partition_log_start_offset",
+                "gauge",
+                "First offset stored.",
+                |p| p.log_start_offset(),
+            ),
+            (
+                "sediment_partition_log_end_offset",
+                "gauge",
+                "Offset the next record will get.",
+                |p| p.log_end_offset(),
+            ),
+            (
+                "sediment_partition_high_watermark",
+                "gauge",
+                "Offsets below this are durable and visible.",
+                |p| p.high_watermark(),
+            ),
+            (
+                "sediment_partition_size_bytes",
+                "gauge",
+                "Bytes of segment files.",
+                |p| p.size_bytes() as i64,
+            ),
+            (
+                "sediment_partition_segments",
+                "gauge",
+                "Segment files.",
+                |p| p.segment_count() as i64,
+            ),
+            (
+                "sediment_partition_corrupt_segments_total",
+                "counter",
+                "Sealed segments found corrupt at recovery.",
+                |p| p.stats.corrupt_segments.load(Ordering::Relaxed) as i64,
+            ),
+            (
+                "sediment_partition_truncated_bytes_total",
+                "counter",
+                "Bytes of torn or corrupt tail truncated at recovery.",
+                |p| p.stats.truncated_bytes.load(Ordering::Relaxed) as i64,
+            ),
+        ];
+        let topics = broker.log().topics();
+        for (name, kind, help, get) in gauges {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+            for t in &topics {
+                for p in &t.partitions {
+                    let _ = writeln!(
+                        out,
+                        "{name}{{topic=\"{}\",partition=\"{}\"}} {}",
+                        t.meta.name,
+                        p.id,
+                        get(p)
+                    );
+                }
+            }
+        }
+        out
+    }
+}
+
+/// Serves `GET /metrics` until cancelled. One short request per connection.
+pub async fn serve_metrics(listener: TcpListener, broker: Arc<Broker>, cancel: CancellationToken) {
+    loop {
+        let (mut stream, _) = tokio::select! {
+            _ = cancel.cancelled() => return,
+            a = listener.accept() => match a {
+                Ok(a) => a,
+                Err(e) => {
+                    tracing::warn!(error = %e, "metrics accept failed");
+                    continue;
+                }
+            },
+        };
+        let mut buf = [0u8; 1024];
+        let n = match tokio::time::timeout(std::time::Duration::from_secs(5), stream.read(&mut buf))
+            .await
+        {
+            Ok(Ok(n)) => n,
+            _ => continue,
+        };
+        let request = String::from_utf8_lossy(&buf[..n]);
+        let (status, body) = if request.starts_with("GET /metrics") {
+            ("200 OK", broker.metrics().render(&broker))
+        } else {
+            ("404 Not Found", "try GET /metrics\n".to_string())
+        };
+        let response = format!(
+            "HTTP/1.1 {status}\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        );
+        let _ = stream.write_all(response.as_bytes()).await;
+        let _ = stream.shutdown().await;
+    }
+}
