@@ -32,7 +32,8 @@ section "system packages (apt)"
 apt_needed=()
 command -v kcat >/dev/null 2>&1 || apt_needed+=(kcat)
 command -v python3 >/dev/null 2>&1 || apt_needed+=(python3)
-python3 -m venv --help >/dev/null 2>&1 || apt_needed+=(python3-venv)
+# Debian's python3 can only make a venv with python3-venv (it carries ensurepip)
+python3 -c 'import ensurepip' >/dev/null 2>&1 || apt_needed+=(python3-venv)
 command -v node >/dev/null 2>&1 || apt_needed+=(nodejs)
 command -v npm >/dev/null 2>&1 || apt_needed+=(npm)
 if [ "${#apt_needed[@]}" -gt 0 ]; then

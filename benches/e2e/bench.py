@@ -516,7 +516,14 @@ def lat_consume_worker(role: str, bootstrap: str, topic: str, partitions: list[i
         lat = array.array("q")
         unpack = struct.Struct("<q").unpack_from
         clock = time.monotonic_ns
-        consume = c.consume
+        # consume(num_messages=N, timeout=T) waits for N records or T, which
+        # would add up to T to every sample: the probe takes records one by one.
+        if role == "probe":
+            def consume(num_messages, timeout):  # noqa: ARG001
+                m = c.poll(timeout)
+                return (m,) if m is not None else ()
+        else:
+            consume = c.consume
         n = 0
         while clock() < stop_ns:
             msgs = consume(num_messages=5000, timeout=0.05)

@@ -416,3 +416,104 @@ async fn wait_durable_returns_once_flusher_syncs() {
         .unwrap();
     assert_eq!(p.high_watermark(), 1);
 }
+
+/// Frozen fixtures of every framed format at version 1: a build must keep
+/// reading what earlier builds wrote. Regenerate only when adding a version
+/// (`cargo test -p sediment-log -- --ignored write_v1_fixtures`), never to
+/// make a failing test pass.
+mod fixtures {
+    use super::*;
+    use crate::index::SegmentIndex;
+    use crate::producer::ProducerState;
+
+    fn dir() -> std::path::PathBuf {
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/v1")
+    }
+
+    fn sample_index() -> SegmentIndex {
+        let mut idx = SegmentIndex::new(100);
+        let mut pos = 0;
+        for i in 0..3 {
+            let mut b = make_batch(2, 10, 5000 + i, (-1, -1, -1));
+            batch::assign(&mut b, 100 + i * 2, 0);
+            let h = batch::validate(&b, 1 << 20).unwrap();
+            idx.on_append(100, &h, pos, 0);
+            pos += h.size as u64;
+        }
+        idx
+    }
+
+    fn sample_producers() -> ProducerState {
+        let mut s = ProducerState::default();
+        let mut b = make_batch(3, 1, 0, (42, 7, 10));
+        batch::assign(&mut b, 9, 0);
+        s.update(&batch::validate(&b, 1 << 20).unwrap());
+        s
+    }
+
+    #[test]
+    #[ignore]
+    fn write_v1_fixtures() {
+        std::fs::create_dir_all(dir()).unwrap();
+        std::fs::write(
+            dir().join("00000000000000000100.index"),
+            sample_index().encode(100),
+        )
+        .unwrap();
+        std::fs::write(
+            dir().join("00000000000000000012.snapshot"),
+            sample_producers().encode(12),
+        )
+        .unwrap();
+        let log_dir = tempfile::tempdir().unwrap();
+        let log = open(log_dir.path());
+        log.create_topic("fixture", 2, configs(&[("retention.ms", "-1")]))
+            .unwrap();
+        log.shutdown().unwrap();
+        for name in ["broker.meta", "clean-shutdown"] {
+            std::fs::copy(log_dir.path().join(name), dir().join(name)).unwrap();
+        }
+        std::fs::copy(
+            log_dir.path().join("topics/fixture/topic.meta"),
+            dir().join("topic.meta"),
+        )
+        .unwrap();
+    }
+
+    #[test]
+    fn v1_index_fixture_still_decodes() {
+        let bytes = std::fs::read(dir().join("00000000000000000100.index")).unwrap();
+        let idx = SegmentIndex::decode("fixture", &bytes, 100).unwrap();
+        let want = sample_index();
+        assert_eq!(
+            (idx.size, idx.next_offset, idx.max_timestamp),
+            (want.size, want.next_offset, want.max_timestamp)
+        );
+        assert_eq!((&idx.offsets, &idx.times), (&want.offsets, &want.times));
+        assert_eq!(idx.encode(100), bytes, "re-encoding changes the v1 bytes");
+    }
+
+    #[test]
+    fn v1_producer_snapshot_fixture_still_decodes() {
+        let bytes = std::fs::read(dir().join("00000000000000000012.snapshot")).unwrap();
+        let (offset, state) = ProducerState::decode("fixture", &bytes).unwrap();
+        assert_eq!(offset, 12);
+        assert_eq!(state, sample_producers());
+    }
+
+    #[test]
+    fn v1_data_dir_fixture_opens() {
+        let d = tempfile::tempdir().unwrap();
+        for name in ["broker.meta", "clean-shutdown"] {
+            std::fs::copy(dir().join(name), d.path().join(name)).unwrap();
+        }
+        let tdir = d.path().join("topics/fixture");
+        std::fs::create_dir_all(&tdir).unwrap();
+        std::fs::copy(dir().join("topic.meta"), tdir.join("topic.meta")).unwrap();
+        let log = open(d.path());
+        assert!(log.recovered_clean());
+        let t = log.topic("fixture").unwrap();
+        assert_eq!(t.partitions.len(), 2);
+        assert_eq!(t.config.retention_ms, -1);
+    }
+}

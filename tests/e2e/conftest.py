@@ -56,6 +56,7 @@ class Broker:
         self.proc: Optional[subprocess.Popen] = None
         self.starts = 0
         self.last_ready_seconds: Optional[float] = None
+        self.stopping = False  # True while an exit is expected (stop(), kill9())
 
     @property
     def bootstrap(self) -> str:
@@ -78,6 +79,7 @@ class Broker:
         """Start and wait until the Kafka port answers ApiVersions; returns seconds taken."""
         assert not self.running(), "broker already running"
         self.starts += 1
+        self.stopping = False
         log = open(self.log_path, "ab")
         log.write(f"\n===== start #{self.starts}: {' '.join(self.command())}\n".encode())
         log.flush()
@@ -113,6 +115,7 @@ class Broker:
         """SIGTERM and wait; returns the exit code. Fails if it does not exit in time."""
         if not self.running():
             return self.proc.returncode if self.proc else 0
+        self.stopping = True
         self.proc.send_signal(signal.SIGTERM)
         try:
             return self.proc.wait(timeout=timeout)
@@ -123,9 +126,16 @@ class Broker:
 
     def kill9(self) -> None:
         """SIGKILL: no flush, no clean-stop marker, like a power cut for the process."""
+        self.stopping = True
         if self.running():
             self.proc.kill()
             self.proc.wait()
+
+    def exited_unexpectedly(self) -> Optional[int]:
+        """The exit code if the broker exited without being told to, else None."""
+        if self.proc is not None and not self.stopping and self.proc.poll() is not None:
+            return self.proc.returncode
+        return None
 
     def restart(self, clean: bool = True) -> float:
         if clean:
@@ -203,18 +213,21 @@ def make_broker(tmp_path, request):
 
     failed = any(getattr(request.node, f"rep_{w}", None) is not None
                  and getattr(request.node, f"rep_{w}").failed for w in ("setup", "call"))
-    crashed = []
+    problems = []
     for b in started:
-        if b.proc is not None and b.proc.poll() is not None and b.proc.returncode not in (0, -9):
-            crashed.append(b)
+        code = b.exited_unexpectedly()
+        if code is not None:
+            problems.append(f"broker exited on its own with code {code} during the test "
+                            f"(a crash, or a signal from outside the test)\n{b.log_tail(150)}")
         b.kill9()
-        if failed or b in crashed:
+        if failed and code is None:
             sys.stderr.write(f"\n{b.log_tail(150)}\n")
-    panics = [b.log_tail(150) for b in started if "panicked at" in b.log_text()]
-    if not failed and not panics:
+    problems += [f"the broker panicked (never acceptable):\n{b.log_tail(150)}"
+                 for b in started if "panicked at" in b.log_text()]
+    if not failed and not problems:
         shutil.rmtree(tmp_path, ignore_errors=True)
-    if panics:
-        pytest.fail("the broker panicked (never acceptable):\n" + "\n".join(panics))
+    if problems:
+        pytest.fail("\n".join(problems))
 
 
 @pytest.fixture
