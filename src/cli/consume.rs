@@ -16,8 +16,8 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use anyhow::{anyhow, bail, ensure, Context, Result};
-use bytes::{Buf, Bytes};
+use anyhow::{anyhow, bail, Context, Result};
+use bytes::Bytes;
 use clap::Args;
 use kafka_protocol::error::ResponseError;
 use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
@@ -30,7 +30,7 @@ use kafka_protocol::messages::{
     TopicName,
 };
 use kafka_protocol::protocol::StrBytes;
-use kafka_protocol::records::{Record, RecordBatchDecoder};
+use kafka_protocol::records::{Record, TimestampType};
 use std::io::{BufWriter, Write};
 use tokio::time::Instant;
 
@@ -41,16 +41,6 @@ const FETCH_MAX_BYTES: i32 = 50 * 1024 * 1024;
 const PARTITION_MAX_BYTES: i32 = 1024 * 1024;
 const RETRY_BACKOFF: Duration = Duration::from_millis(200);
 const MAX_CONSECUTIVE_FAILURES: u32 = 10;
-/// Size of a RecordBatch header up to and including the batch length.
-const BATCH_LOG_OVERHEAD: usize = 12;
-/// Offset of the magic byte in a batch.
-const MAGIC_OFFSET: usize = 16;
-/// Offset of `lastOffsetDelta` in a v2 batch.
-const LAST_OFFSET_DELTA_OFFSET: usize = 23;
-/// Bytes of a v2 batch header through `lastOffsetDelta`.
-const MIN_V2_HEADER: usize = LAST_OFFSET_DELTA_OFFSET + 4;
-const CONTROL_FLAG: i16 = 1 << 5;
-const ATTRIBUTES_OFFSET: usize = 21;
 
 /// `sediment consume TOPIC`
 #[derive(Debug, Clone, Args)]
@@ -199,46 +189,53 @@ pub struct Decoded {
 /// Decodes the whole v2 batches in `data` (a Fetch response's record
 /// bytes), ignoring a truncated trailing batch, skipping control batches
 /// and records below `position`.
-pub fn decode_fetched(mut data: Bytes, position: i64) -> Result<Decoded> {
+pub fn decode_fetched(data: Bytes, position: i64) -> Result<Decoded> {
+    use sediment_log::batch::{BatchError, BatchIter};
+    use sediment_log::records;
     let mut out = Decoded::default();
-    while data.len() >= BATCH_LOG_OVERHEAD {
-        let base_offset = (&data[0..8]).get_i64();
-        let batch_len = (&data[8..12]).get_i32();
-        let Ok(batch_len) = usize::try_from(batch_len) else {
-            bail!("record batch at offset {base_offset} has negative length {batch_len}");
-        };
-        let total = BATCH_LOG_OVERHEAD + batch_len;
-        if data.len() < total {
-            break; // cut by the fetch size limit; fetched again next round
-        }
-        let mut batch = data.split_to(total);
-        ensure!(
-            batch.len() >= MIN_V2_HEADER,
-            "record batch at offset {base_offset} is too short ({} bytes)",
-            batch.len()
-        );
-        let magic = batch[MAGIC_OFFSET];
-        ensure!(
-            magic == 2,
-            "record batch at offset {base_offset} uses message format v{magic}; only v2 is supported"
-        );
-        let attributes = (&batch[ATTRIBUTES_OFFSET..ATTRIBUTES_OFFSET + 2]).get_i16();
-        let last_offset_delta =
-            (&batch[LAST_OFFSET_DELTA_OFFSET..LAST_OFFSET_DELTA_OFFSET + 4]).get_i32();
-        let next = base_offset + i64::from(last_offset_delta) + 1;
+    let mut batches = BatchIter::new(&data, i32::MAX as usize, false);
+    for (at, h) in batches.by_ref() {
+        let next = h.next_offset();
         out.next_offset = Some(out.next_offset.map_or(next, |n: i64| n.max(next)));
-        if attributes & CONTROL_FLAG != 0 || next <= position {
+        if h.is_control() || next <= position {
             continue;
         }
-        let set = RecordBatchDecoder::decode(&mut batch)
-            .with_context(|| format!("decoding record batch at offset {base_offset}"))?;
-        out.records.extend(
-            set.records
-                .into_iter()
-                .filter(|r| !r.control && r.offset >= position),
-        );
+        let bytes = &data[at..at + h.size];
+        let base = h.base_offset;
+        let payload = records::payload(bytes, &h)
+            .with_context(|| format!("decompressing record batch at offset {base}"))?;
+        let decoded = records::decode(&h, &payload)
+            .with_context(|| format!("decoding record batch at offset {base}"))?;
+        for r in decoded.into_iter().filter(|r| r.offset >= position) {
+            out.records.push(Record {
+                transactional: h.is_transactional(),
+                control: false,
+                delete_horizon: false,
+                partition_leader_epoch: h.leader_epoch,
+                producer_id: h.producer_id,
+                producer_epoch: h.producer_epoch,
+                timestamp_type: if h.is_log_append_time() {
+                    TimestampType::LogAppend
+                } else {
+                    TimestampType::Creation
+                },
+                offset: r.offset,
+                sequence: -1,
+                timestamp: r.timestamp,
+                key: r.key.map(Bytes::copy_from_slice),
+                value: r.value.map(Bytes::copy_from_slice),
+                headers: Default::default(),
+            });
+        }
     }
-    Ok(out)
+    match batches.error {
+        // A batch cut by the fetch size limit is fetched again next round.
+        None | Some(BatchError::Truncated { .. }) => Ok(out),
+        Some(BatchError::UnsupportedMagic { magic }) => {
+            bail!("record batch uses message format v{magic}; only v2 is supported")
+        }
+        Some(e) => bail!("malformed record batch in fetch response: {e}"),
+    }
 }
 
 /// One output line: `[key SEP] value`, with `null` for a missing key or
@@ -902,7 +899,7 @@ mod tests {
     #[test]
     fn legacy_message_format_is_rejected_clearly() {
         let mut b = BytesMut::from(&batch(0, &["a"], false, Compression::None)[..]);
-        b[MAGIC_OFFSET] = 1;
+        b[16] = 1; // magic
         let err = decode_fetched(b.freeze(), 0).unwrap_err();
         assert!(err.to_string().contains("message format v1"), "{err}");
     }
