@@ -91,6 +91,12 @@ impl SegmentIndex {
         }
     }
 
+    /// Heap bytes held by the entries.
+    pub fn entries_bytes(&self) -> usize {
+        self.offsets.capacity() * std::mem::size_of::<(u32, u32)>()
+            + self.times.capacity() * std::mem::size_of::<(i64, u32)>()
+    }
+
     pub fn encode(&self, base: i64) -> Vec<u8> {
         let mut p = Vec::with_capacity(48 + self.offsets.len() * 8 + self.times.len() * 12);
         p.extend_from_slice(&base.to_be_bytes());

@@ -24,6 +24,7 @@ use parking_lot::{Mutex, RwLock};
 use serde::{Deserialize, Serialize};
 
 use crate::partition::PartitionContext;
+use crate::segment::IndexCache;
 use crate::{frame, now_ms, FlushPolicy, FlushQueue, LogError, Partition, TopicConfig};
 
 const TOPIC_KIND: &[u8; 4] = b"TOPC";
@@ -43,6 +44,9 @@ pub struct LogConfig {
     pub topic_defaults: TopicConfig,
     /// Threads running fdatasync in parallel for different partitions.
     pub flush_threads: usize,
+    /// Memory for sealed segments' index entries (loaded on use, oldest
+    /// dropped first), so memory does not grow with the data kept.
+    pub index_cache_bytes: usize,
     pub node_id: i32,
 }
 
@@ -53,6 +57,7 @@ impl LogConfig {
             flush_policy: FlushPolicy::Fsync,
             topic_defaults: TopicConfig::default(),
             flush_threads: 2,
+            index_cache_bytes: 64 << 20,
             node_id: 0,
         }
     }
@@ -104,6 +109,7 @@ pub struct LogManager {
     admin_lock: Mutex<()>,
     flush_queue: Arc<FlushQueue>,
     hw_changed: Arc<tokio::sync::watch::Sender<u64>>,
+    index_cache: Arc<IndexCache>,
     flushers: Mutex<Vec<JoinHandle<()>>>,
     producer_ids: Mutex<(i64, i64)>,
     cluster_id: String,
@@ -219,11 +225,13 @@ impl LogManager {
 
         let flush_queue = Arc::new(FlushQueue::default());
         let hw_changed = Arc::new(tokio::sync::watch::Sender::new(0u64));
+        let index_cache = Arc::new(IndexCache::new(config.index_cache_bytes));
         let now = now_ms();
         let ctx = PartitionContext {
             flush_policy: config.flush_policy,
             flush_queue: flush_queue.clone(),
             hw_changed: hw_changed.clone(),
+            index_cache: index_cache.clone(),
             leader_epoch: 0,
             clean,
             now_ms: now,
@@ -285,6 +293,7 @@ impl LogManager {
             admin_lock: Mutex::new(()),
             flush_queue,
             hw_changed,
+            index_cache,
             flushers: Mutex::new(Vec::new()),
             producer_ids: Mutex::new((pid_start, pid_start)),
             cluster_id: broker.cluster_id,
@@ -312,6 +321,11 @@ impl LogManager {
     /// Changes whenever any partition's high watermark advances.
     pub fn subscribe_high_watermarks(&self) -> tokio::sync::watch::Receiver<u64> {
         self.hw_changed.subscribe()
+    }
+
+    /// Bytes of sealed-segment index entries in memory.
+    pub fn index_cache_bytes(&self) -> usize {
+        self.index_cache.used_bytes()
     }
 
     pub fn cluster_id(&self) -> &str {
@@ -385,6 +399,7 @@ impl LogManager {
             flush_policy: self.config.flush_policy,
             flush_queue: self.flush_queue.clone(),
             hw_changed: self.hw_changed.clone(),
+            index_cache: self.index_cache.clone(),
             leader_epoch: 0,
             clean: true,
             now_ms: now_ms(),

@@ -33,7 +33,7 @@ use crate::batch::{self, BatchHeader};
 use crate::config::{TimestampType, TopicConfig};
 use crate::index::SegmentIndex;
 use crate::producer::{ProducerState, SequenceCheck};
-use crate::segment::{self, Segment, LOG_SUFFIX};
+use crate::segment::{self, IndexCache, Segment, LOG_SUFFIX};
 use crate::{frame, FlushPolicy, FlushQueue, LogError};
 
 const SNAPSHOT_SUFFIX: &str = "snapshot";
@@ -94,6 +94,7 @@ pub struct Partition {
     hw_tx: watch::Sender<i64>,
     /// Broker-wide "some high watermark moved" signal for fetch long-polls.
     hw_changed: Arc<watch::Sender<u64>>,
+    index_cache: Arc<IndexCache>,
     leader_epoch: i32,
     flush_policy: FlushPolicy,
     flush_queue: Arc<FlushQueue>,
@@ -114,6 +115,7 @@ pub struct PartitionContext {
     pub flush_policy: FlushPolicy,
     pub flush_queue: Arc<FlushQueue>,
     pub hw_changed: Arc<watch::Sender<u64>>,
+    pub index_cache: Arc<IndexCache>,
     pub leader_epoch: i32,
     /// The previous run stopped cleanly (index files and snapshots current).
     pub clean: bool,
@@ -184,6 +186,7 @@ impl Partition {
                     Err(_) => None,
                 }
             };
+            let mut persisted = trusted.is_some() && !is_active;
             let seg = match trusted {
                 Some(idx) => Segment::open(path, base, idx, ctx.now_ms)?,
                 None => {
@@ -214,12 +217,17 @@ impl Partition {
                     *seg.index.write() = idx;
                     if !is_active && out.error.is_none() {
                         seg.write_index()?;
+                        persisted = true;
                     }
                     scanned.push((i, out.batches));
                     seg
                 }
             };
-            segments.push(Arc::new(seg));
+            let seg = Arc::new(seg);
+            if persisted {
+                seg.index_persisted(&ctx.index_cache);
+            }
+            segments.push(seg);
         }
         if segments.is_empty() {
             let base = snapshots.last().copied().unwrap_or(0);
@@ -278,6 +286,7 @@ impl Partition {
             }),
             hw_tx,
             hw_changed: ctx.hw_changed.clone(),
+            index_cache: ctx.index_cache.clone(),
             leader_epoch: ctx.leader_epoch,
             flush_policy: ctx.flush_policy,
             flush_queue: ctx.flush_queue.clone(),
@@ -538,6 +547,7 @@ impl Partition {
             for seal in &seals {
                 seal.segment.sync()?;
                 seal.segment.write_index()?;
+                seal.segment.index_persisted(&self.index_cache);
                 let path = self.dir.join(snapshot_name(seal.snapshot_offset));
                 frame::write_atomic(&path, &seal.producers.encode(seal.snapshot_offset))
                     .map_err(|e| LogError::io(&path, e))?;
@@ -639,6 +649,7 @@ impl Partition {
         if offset == hw {
             return Ok(empty);
         }
+        seg.ensure_index(&self.index_cache)?;
         let Some((pos, first)) = seg.find(offset, limit, max_batch)? else {
             return Ok(empty);
         };
@@ -679,6 +690,7 @@ impl Partition {
             (inner.segments.clone(), inner.high_watermark)
         };
         for seg in segments {
+            seg.ensure_index(&self.index_cache)?;
             let (max_ts, start_off, limit) = {
                 let idx = seg.index.read();
                 (

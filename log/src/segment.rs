@@ -8,7 +8,11 @@ use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
-use parking_lot::RwLock;
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Weak};
+
+use parking_lot::{Mutex, RwLock};
 
 use crate::batch::{self, BatchHeader, BATCH_HEADER_LEN};
 use crate::index::SegmentIndex;
@@ -38,6 +42,56 @@ pub struct Segment {
     pub index: RwLock<SegmentIndex>,
     /// Wall-clock ms when the segment was created (or opened), for segment.ms.
     pub created_ms: i64,
+    /// The index file on disk matches this sealed segment, so the in-memory
+    /// entries may be dropped and reloaded.
+    index_on_disk: AtomicBool,
+    /// The index entries are in memory.
+    entries_loaded: AtomicBool,
+}
+
+/// Bounds the memory held by sealed segments' index entries: entries are
+/// loaded from `<base>.index` on first use and the oldest loaded are dropped
+/// when the total passes the budget. Active segments are never evicted.
+#[derive(Debug)]
+pub struct IndexCache {
+    budget: usize,
+    state: Mutex<(usize, VecDeque<(Weak<Segment>, usize)>)>,
+}
+
+impl IndexCache {
+    pub fn new(budget_bytes: usize) -> Self {
+        IndexCache {
+            budget: budget_bytes,
+            state: Mutex::new((0, VecDeque::new())),
+        }
+    }
+
+    /// Bytes of index entries currently accounted to sealed segments.
+    pub fn used_bytes(&self) -> usize {
+        self.state.lock().0
+    }
+
+    fn admit(&self, seg: &Arc<Segment>) {
+        let bytes = seg.index.read().entries_bytes();
+        let mut victims = Vec::new();
+        {
+            let mut st = self.state.lock();
+            st.0 += bytes;
+            st.1.push_back((Arc::downgrade(seg), bytes));
+            while st.0 > self.budget && st.1.len() > 1 {
+                let Some((w, b)) = st.1.pop_front() else {
+                    break;
+                };
+                st.0 -= b;
+                victims.push(w);
+            }
+        }
+        for w in victims {
+            if let Some(s) = w.upgrade() {
+                s.evict_entries();
+            }
+        }
+    }
 }
 
 /// What scanning a segment's bytes found.
@@ -67,6 +121,8 @@ impl Segment {
             file,
             index: RwLock::new(SegmentIndex::new(base)),
             created_ms: now_ms,
+            index_on_disk: AtomicBool::new(false),
+            entries_loaded: AtomicBool::new(true),
         })
     }
 
@@ -88,7 +144,53 @@ impl Segment {
             file,
             index: RwLock::new(index),
             created_ms: now_ms,
+            index_on_disk: AtomicBool::new(false),
+            entries_loaded: AtomicBool::new(true),
         })
+    }
+
+    /// Marks this sealed segment's index file as current and hands its
+    /// entries to the cache (which may evict them, or others).
+    pub fn index_persisted(self: &Arc<Self>, cache: &IndexCache) {
+        self.index_on_disk.store(true, Ordering::Release);
+        cache.admit(self);
+    }
+
+    fn evict_entries(&self) {
+        if self.index_on_disk.load(Ordering::Acquire) {
+            let mut idx = self.index.write();
+            idx.offsets = Vec::new();
+            idx.times = Vec::new();
+            self.entries_loaded.store(false, Ordering::Release);
+        }
+    }
+
+    /// Makes sure the index entries are in memory (reloading a sealed
+    /// segment's entries from its index file after eviction).
+    pub fn ensure_index(self: &Arc<Self>, cache: &IndexCache) -> Result<(), LogError> {
+        if self.entries_loaded.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        let path = self.index_path();
+        let bytes = frame::read_file(&path, crate::index::INDEX_LIMIT)
+            .map_err(|e| LogError::io(&path, e))?;
+        let loaded = SegmentIndex::decode(&path.display().to_string(), &bytes, self.base_offset)
+            .map_err(|e| LogError::Corrupt {
+                path: path.clone(),
+                position: 0,
+                reason: e.to_string(),
+            })?;
+        {
+            let mut idx = self.index.write();
+            if self.entries_loaded.load(Ordering::Acquire) {
+                return Ok(());
+            }
+            idx.offsets = loaded.offsets;
+            idx.times = loaded.times;
+            self.entries_loaded.store(true, Ordering::Release);
+        }
+        cache.admit(self);
+        Ok(())
     }
 
     pub fn size(&self) -> u64 {

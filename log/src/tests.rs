@@ -517,3 +517,42 @@ mod fixtures {
         assert_eq!(t.config.retention_ms, -1);
     }
 }
+
+#[test]
+fn sealed_index_memory_stays_within_the_cache_budget() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = LogConfig::new(dir.path());
+    cfg.index_cache_bytes = 256;
+    let log = LogManager::open(cfg.clone()).unwrap();
+    let t = log
+        .create_topic(
+            "t",
+            1,
+            configs(&[
+                ("segment.bytes", "2048"),
+                ("index.interval.bytes", "1"),
+                ("retention.ms", "-1"),
+            ]),
+        )
+        .unwrap();
+    let p = &t.partitions[0];
+    append_n(p, 200, 1, 0);
+    p.flush().unwrap();
+    assert!(p.segment_count() >= 5, "{}", p.segment_count());
+    // Every segment's entries were loaded once; the cache keeps few of them.
+    assert!(
+        log.index_cache_bytes() <= 256 + 512,
+        "{}",
+        log.index_cache_bytes()
+    );
+    // Reads through evicted indexes reload them and stay correct, after a
+    // clean restart too.
+    assert_eq!(read_all(p).len(), 200);
+    assert!(log.index_cache_bytes() <= 256 + 512);
+    log.shutdown().unwrap();
+    let log = LogManager::open(cfg).unwrap();
+    let p = log.partition("t", 0).unwrap();
+    assert_eq!(read_all(&p).len(), 200);
+    assert_eq!(p.offset_for_timestamp(150).unwrap(), Some((150, 150)));
+    assert!(log.index_cache_bytes() <= 256 + 512);
+}
