@@ -55,8 +55,11 @@ pub struct Segment {
 #[derive(Debug)]
 pub struct IndexCache {
     budget: usize,
-    state: Mutex<(usize, VecDeque<(Weak<Segment>, usize)>)>,
+    /// (bytes accounted, segments in load order with their bytes)
+    state: Mutex<(usize, LoadOrder)>,
 }
+
+type LoadOrder = VecDeque<(Weak<Segment>, usize)>;
 
 impl IndexCache {
     pub fn new(budget_bytes: usize) -> Self {
