@@ -52,7 +52,7 @@ if [ ! -x .venv/bin/python ]; then
 fi
 PY="$ROOT/.venv/bin/python"
 "$PY" -m pip install --quiet -r tests/requirements.txt
-"$PY" -c 'import confluent_kafka as c, kafka; print("confluent-kafka", c.version()[0], "librdkafka", c.libversion()[0], "kafka-python", kafka.__version__)'
+"$PY" -c 'import confluent_kafka as c, kafka; print("confluent-kafka", c.__version__, "librdkafka", c.libversion()[0], "kafka-python", kafka.__version__)'
 
 section "node packages (kafkajs)"
 if [ ! -f tests/js/node_modules/kafkajs/package.json ] \
