@@ -339,6 +339,9 @@ def watermarks(bootstrap: str, topic: str, partitions: int) -> list[tuple[int, i
 # ----------------------------------------------------------------------------
 
 
+WARMUP_TOPIC = "bench-warmup"
+
+
 def producer_conf(bootstrap: str, linger_ms: float, batch_bytes: int) -> dict:
     return {
         "bootstrap.servers": bootstrap,
@@ -366,6 +369,10 @@ def py_produce_worker(conf: dict, topic: str, size: int, count: int, max_seconds
 
         p = Producer(dict(conf, **{"delivery.report.only.error": True, "on_delivery": on_error_dr}))
         p.list_topics(topic, timeout=30)
+        # A fresh idempotent producer spends ~0.5 s getting its producer id
+        # (librdkafka retry timer): do that before the clock starts.
+        p.produce(WARMUP_TOPIC, b"warm-up")
+        p.flush(30)
         payload = os.urandom(size)
         produce, poll = p.produce, p.poll
         ready.put(os.getpid())
@@ -455,21 +462,32 @@ def py_consume_worker(bootstrap: str, topic: str, partitions: list[int], target:
 
 
 def lat_produce_worker(role: str, conf: dict, topic: str, size: int, rate: float, t_begin_ns: int,
-                       t_end_ns: int, ready, go, results) -> None:
-    """Sends `rate` records/s from t_begin_ns to t_end_ns, each starting with its send time."""
+                       t_end_ns: int, measure_from_ns: int, ready, go, results) -> None:
+    """Sends `rate` records/s from t_begin_ns to t_end_ns, each starting with its send time.
+
+    The probe also keeps send-to-ack times (acks=all) of records sent after
+    measure_from_ns; delivery reports are served every ~0.5 ms, so these are
+    upper bounds by that much."""
     try:
         from confluent_kafka import Producer
 
         errors = [0]
+        acks = array.array("q")
+        clock = time.monotonic_ns
+        unpack = struct.Struct("<q").unpack_from
 
-        def on_error_dr(err, _msg):
-            errors[0] += 1
+        def on_dr(err, msg):
+            if err:
+                errors[0] += 1
+            elif role == "probe":
+                ts = unpack(msg.value())[0]
+                if ts >= measure_from_ns:
+                    acks.append(clock() - ts)
 
-        p = Producer(dict(conf, **{"delivery.report.only.error": True, "on_delivery": on_error_dr}))
+        p = Producer(dict(conf, **{"delivery.report.only.error": role != "probe", "on_delivery": on_dr}))
         p.list_topics(topic, timeout=30)
         pad = os.urandom(max(0, size - 8))
         pack = struct.Struct("<q").pack
-        clock = time.monotonic_ns
         produce, poll = p.produce, p.poll
         ready.put(os.getpid())
         go.wait()
@@ -489,7 +507,8 @@ def lat_produce_worker(role: str, conf: dict, topic: str, size: int, rate: float
                 poll(0)
             time.sleep(0.0005)
         unflushed = p.flush(30)
-        results.put({"role": role, "sent": sent, "errors": errors[0], "unflushed": unflushed})
+        results.put({"role": role, "sent": sent, "errors": errors[0], "unflushed": unflushed,
+                     "ack_ns": acks.tobytes()})
     except Exception:  # noqa: BLE001
         results.put({"exception": traceback.format_exc()})
 
@@ -891,7 +910,7 @@ class Bench:
                     spawn(lat_consume_worker, "load", broker.bootstrap, load_topic, g, 0, 0, stop_ns, "")
                     n_ready += 1
             spawn(lat_produce_worker, "probe", probe_conf, probe_topic, size, a.lat_probe_rate,
-                  start_ns, end_ns)
+                  start_ns, end_ns, measure_from)
             n_ready += 1
             if load_client == "kcat":
                 xs = kcat_x(load_conf)
@@ -904,7 +923,7 @@ class Bench:
             else:
                 for _ in range(a.producers):
                     spawn(lat_produce_worker, "load", load_conf, load_topic, size, rate / a.producers,
-                          start_ns, end_ns)
+                          start_ns, end_ns, measure_from)
                     n_ready += 1
             for _ in range(n_ready):
                 ready.get(timeout=90)
@@ -964,6 +983,11 @@ class Bench:
             arr.frombytes(fin.read())
         probe_out.unlink(missing_ok=True)
         lat = sorted(arr)
+        acks = array.array("q")
+        for r in res:
+            if r["role"] == "probe" and "ack_ns" in r:
+                acks.frombytes(r["ack_ns"])
+        acks = sorted(acks)
         out = {
             "load_client": load_client, "probe_client": "python", "record_bytes": size,
             "target_rate": rate, "achieved_rate": load_sent / run_seconds,
@@ -972,6 +996,8 @@ class Bench:
             "producer_errors": prod_errors, "samples": len(lat), "seconds_measured": a.lat_seconds,
             "p50_ms": percentile(lat, 0.50) / 1e6, "p99_ms": percentile(lat, 0.99) / 1e6,
             "p999_ms": percentile(lat, 0.999) / 1e6, "max_ms": (lat[-1] / 1e6) if lat else float("nan"),
+            "ack_p50_ms": percentile(acks, 0.50) / 1e6, "ack_p99_ms": percentile(acks, 0.99) / 1e6,
+            "ack_p999_ms": percentile(acks, 0.999) / 1e6,
             "probe_linger_ms": a.lat_linger_ms, "load_linger_ms": a.linger_ms,
             "broker_cpu_s": (cpu1 - cpu0) if cpu0 is not None and cpu1 is not None else None,
         }
@@ -986,7 +1012,8 @@ class Bench:
             out["warning"] = "; ".join(warn)
         log(f"  {broker.name} latency @ {out['achieved_rate']:,.0f} rec/s load via {load_client} "
             f"(target {rate:,.0f}): p50 {out['p50_ms']:.3f} ms, p99 {out['p99_ms']:.3f} ms, "
-            f"p999 {out['p999_ms']:.3f} ms ({len(lat):,} probe samples"
+            f"p999 {out['p999_ms']:.3f} ms; produce->ack p50 {out['ack_p50_ms']:.3f} ms, "
+            f"p99 {out['ack_p99_ms']:.3f} ms ({len(lat):,} probe samples"
             f"{'; ' + out['warning'] if warn else ''})")
         return out
 
@@ -998,6 +1025,7 @@ class Bench:
         unusable: set[str] = set()  # clients that cannot talk to this broker at all
         broker.start()
         try:
+            create_topic(broker.bootstrap, WARMUP_TOPIC, 1)
             for size, count in ((100, a.records_100), (1024, a.records_1k)):
                 res["produce"][str(size)] = {}
                 for client in a.clients:
@@ -1066,13 +1094,22 @@ def best(d: dict) -> dict | None:
     return max(vals, key=lambda v: v["records_per_s"]) if vals else None
 
 
-def fmt_rate(r: dict | None, key: str) -> str:
+def fmt_rate(r: dict | None, key: str, same_client_as: dict | None = None, runs: dict | None = None) -> str:
+    """`value (client)`; when the other broker's best came from another client,
+    this broker's figure with that client follows, so like can be compared with like."""
     if r is None:
         return "n/a"
-    v = r[key]
-    s = f"{v:,.0f}" if key == "records_per_s" else f"{v:,.1f}"
-    flag = " ⚠" if r.get("warning") or r.get("truncated_at_max_run_seconds") else ""
-    return f"{s} ({r['client']}){flag}"
+
+    def one(x):
+        v = x[key]
+        s = f"{v:,.0f}" if key == "records_per_s" else f"{v:,.1f}"
+        flag = " ⚠" if x.get("warning") or x.get("truncated_at_max_run_seconds") else ""
+        return f"{s} ({x['client']}){flag}"
+
+    out = one(r)
+    if same_client_as and runs and same_client_as["client"] != r["client"] and same_client_as["client"] in runs:
+        out += "; " + one(runs[same_client_as["client"]])
+    return out
 
 
 def table(results: dict) -> str:
@@ -1088,17 +1125,20 @@ def table(results: dict) -> str:
         return f" (Sediment {r['MBps'] / ceil * 100:.0f}%)" if r and ceil else ""
 
     for size, label in (("100", "100 B"), ("1024", "1 KiB")):
-        sp, tp = best(sed.get("produce", {}).get(size, {})), best(tan.get("produce", {}).get(size, {}))
-        rows.append((f"produce {label}, acks=all, records/s", fmt_rate(sp, "records_per_s"),
+        sruns = sed.get("produce", {}).get(size, {})
+        sp, tp = best(sruns), best(tan.get("produce", {}).get(size, {}))
+        rows.append((f"produce {label}, acks=all, records/s", fmt_rate(sp, "records_per_s", tp, sruns),
                      fmt_rate(tp, "records_per_s"),
                      f"{disk * MB / int(size):,.0f} (disk)" if disk else "n/a"))
-        rows.append((f"produce {label}, acks=all, MB/s", fmt_rate(sp, "MBps"), fmt_rate(tp, "MBps"),
+        rows.append((f"produce {label}, acks=all, MB/s", fmt_rate(sp, "MBps", tp, sruns), fmt_rate(tp, "MBps"),
                      f"{disk:,.0f} MB/s fdatasync{pct(sp, disk)}" if disk else "n/a"))
     for size, label in (("100", "100 B"), ("1024", "1 KiB")):
-        sc, tc = best(sed.get("consume", {}).get(size, {})), best(tan.get("consume", {}).get(size, {}))
-        rows.append((f"consume {label}, records/s", fmt_rate(sc, "records_per_s"), fmt_rate(tc, "records_per_s"),
+        sruns = sed.get("consume", {}).get(size, {})
+        sc, tc = best(sruns), best(tan.get("consume", {}).get(size, {}))
+        rows.append((f"consume {label}, records/s", fmt_rate(sc, "records_per_s", tc, sruns),
+                     fmt_rate(tc, "records_per_s"),
                      f"{net * MB / int(size):,.0f} (loopback)" if net else "n/a"))
-        rows.append((f"consume {label}, MB/s", fmt_rate(sc, "MBps"), fmt_rate(tc, "MBps"),
+        rows.append((f"consume {label}, MB/s", fmt_rate(sc, "MBps", tc, sruns), fmt_rate(tc, "MBps"),
                      f"{net:,.0f} MB/s loopback{pct(sc, net)}" if net else "n/a"))
     sl, tl = sed.get("latency"), tan.get("latency")
     for q in ("p50", "p99", "p999"):
@@ -1109,6 +1149,12 @@ def table(results: dict) -> str:
                     + (" ⚠" if lr.get("warning") else ""))
         rows.append((f"produce→consume latency {q}, 100 B, ~half peak", cell(sl), cell(tl),
                      f"{fsync_ms:.2f} ms per 4 KiB O_DSYNC write" if fsync_ms else "n/a"))
+    def ack(lr):
+        if not lr or "ack_p50_ms" not in lr:
+            return "n/a"
+        return f"{lr['ack_p50_ms']:.2f} / {lr['ack_p99_ms']:.2f} / {lr['ack_p999_ms']:.2f} ms"
+    rows.append(("probe produce→ack p50/p99/p999 (acks=all)", ack(sl), ack(tl),
+                 f"{fsync_ms:.2f} ms per 4 KiB O_DSYNC write" if fsync_ms else "n/a"))
     rows.append(("broker peak RSS, MB",
                  f"{sed['peak_rss_mb']:,.0f}" if sed.get("peak_rss_mb") else "n/a",
                  f"{tan['peak_rss_mb']:,.0f}" if tan.get("peak_rss_mb") else "n/a", ""))
@@ -1222,13 +1268,13 @@ def parse_args(argv=None):
     ap.add_argument("--dsync-writes", type=int, default=1000)
     ap.add_argument("--iperf-seconds", type=float, default=3)
     a = ap.parse_args(argv)
-    if a.quick:
-        a.records_100 = min(a.records_100, 200_000)
-        a.records_1k = min(a.records_1k, 20_000)
-        a.lat_seconds, a.lat_warmup_seconds, a.lat_drain_seconds = 3, 1, 2
-        a.dd_mib, a.dsync_writes, a.iperf_seconds = 64, 100, 1
-        a.max_run_seconds = min(a.max_run_seconds, 20)
-        a.idle_seconds = min(a.idle_seconds, 2)
+    if a.quick:  # smaller defaults; options given explicitly still win
+        for name, value in (("records_100", 200_000), ("records_1k", 20_000), ("lat_seconds", 3),
+                            ("lat_warmup_seconds", 1), ("lat_drain_seconds", 2), ("dd_mib", 64),
+                            ("dsync_writes", 100), ("iperf_seconds", 1), ("max_run_seconds", 20),
+                            ("idle_seconds", 2)):
+            if getattr(a, name) == ap.get_default(name):
+                setattr(a, name, value)
     a.brokers = [b.strip() for b in a.brokers.split(",") if b.strip()]
     a.clients = [c.strip() for c in a.clients.split(",") if c.strip()]
     if "kcat" in a.clients and not shutil.which("kcat"):
