@@ -123,8 +123,15 @@ async fn connection(
                     .fetch_add(1, Ordering::Relaxed);
                 return Err(ConnError::BadFrameLength(i64::from(len)));
             }
-            let mut body = BytesMut::zeroed(len as usize);
-            rd.read_exact(&mut body).await?;
+            // Read straight into uninitialised capacity (no memset of up to
+            // max_request_bytes), and never past this frame.
+            let mut body = BytesMut::with_capacity(len as usize);
+            let mut frame = (&mut rd).take(len as u64);
+            while body.len() < len as usize {
+                if frame.read_buf(&mut body).await? == 0 {
+                    return Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof).into());
+                }
+            }
             broker
                 .metrics()
                 .bytes_in

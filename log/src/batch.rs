@@ -277,11 +277,21 @@ pub fn assign(buf: &mut [u8], base_offset: i64, leader_epoch: i32) {
 /// Marks a batch as LogAppendTime with `now_ms` as its max timestamp and
 /// recomputes the CRC. `buf` must hold exactly one validated batch.
 pub fn set_log_append_time(buf: &mut [u8], now_ms: i64) {
-    let attrs = be_i16(buf, ATTRIBUTES_OFFSET) | TIMESTAMP_TYPE_BIT;
-    buf[ATTRIBUTES_OFFSET..ATTRIBUTES_OFFSET + 2].copy_from_slice(&attrs.to_be_bytes());
-    buf[MAX_TIMESTAMP_OFFSET..MAX_TIMESTAMP_OFFSET + 8].copy_from_slice(&now_ms.to_be_bytes());
-    let crc = crc32c::crc32c(&buf[ATTRIBUTES_OFFSET..]);
-    buf[CRC_OFFSET..CRC_OFFSET + 4].copy_from_slice(&crc.to_be_bytes());
+    let (head, body) = buf.split_at_mut(BATCH_HEADER_LEN);
+    set_log_append_time_split(head, body, now_ms);
+}
+
+/// [`set_log_append_time`] for a batch whose 61-byte header and body are
+/// held apart (the body is not modified).
+pub fn set_log_append_time_split(head: &mut [u8], body: &[u8], now_ms: i64) {
+    let attrs = be_i16(head, ATTRIBUTES_OFFSET) | TIMESTAMP_TYPE_BIT;
+    head[ATTRIBUTES_OFFSET..ATTRIBUTES_OFFSET + 2].copy_from_slice(&attrs.to_be_bytes());
+    head[MAX_TIMESTAMP_OFFSET..MAX_TIMESTAMP_OFFSET + 8].copy_from_slice(&now_ms.to_be_bytes());
+    let crc = crc32c::crc32c_append(
+        crc32c::crc32c(&head[ATTRIBUTES_OFFSET..BATCH_HEADER_LEN]),
+        body,
+    );
+    head[CRC_OFFSET..CRC_OFFSET + 4].copy_from_slice(&crc.to_be_bytes());
 }
 
 /// Iterates the complete batches at the start of a buffer, stopping at the

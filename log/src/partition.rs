@@ -372,7 +372,6 @@ impl Partition {
                 available: 0,
             }));
         }
-        let mut buf = records.to_vec();
         let log_append_time = match config.timestamp_type {
             TimestampType::LogAppendTime => now_ms,
             TimestampType::CreateTime => -1,
@@ -413,11 +412,15 @@ impl Partition {
         }
         let base_offset = inner.log_end_offset;
         for (at, h) in &headers {
-            let slice = &mut buf[*at..*at + h.size];
+            // Only the 61-byte header changes: write it and the untouched
+            // body separately instead of copying the batch.
+            let mut head = [0u8; batch::BATCH_HEADER_LEN];
+            head.copy_from_slice(&records[*at..*at + batch::BATCH_HEADER_LEN]);
+            let body = &records[*at + batch::BATCH_HEADER_LEN..*at + h.size];
             let offset = inner.log_end_offset;
-            batch::assign(slice, offset, self.leader_epoch);
+            batch::assign(&mut head, offset, self.leader_epoch);
             if log_append_time >= 0 {
-                batch::set_log_append_time(slice, log_append_time);
+                batch::set_log_append_time_split(&mut head, body, log_append_time);
             }
             let mut h = *h;
             h.base_offset = offset;
@@ -431,7 +434,10 @@ impl Partition {
                 .cloned()
                 .ok_or(LogError::NoActiveSegment)?;
             let position = active.size();
-            if let Err(e) = active.write_at(slice, position) {
+            let written = active
+                .write_at(&head, position)
+                .and_then(|()| active.write_at(body, position + head.len() as u64));
+            if let Err(e) = written {
                 // Leave the file as it was: nothing of this batch is in the log.
                 let _ = active.truncate(position);
                 return Err(e);
