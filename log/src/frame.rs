@@ -132,6 +132,49 @@ pub fn decode<'a>(
     Ok((version, payload))
 }
 
+/// Checks a frame's magic, kind and version from its first [`HEADER_LEN`]
+/// bytes without reading (or checksumming) the payload; returns the version
+/// and payload length. Used to read a summary at the start of a payload
+/// cheaply; the full frame is verified when it is read whole.
+pub fn peek_header(
+    what: &str,
+    buf: &[u8],
+    kind: &[u8; 4],
+    max_version: u16,
+) -> Result<(u16, usize), FrameError> {
+    if buf.len() < HEADER_LEN {
+        return Err(FrameError::Truncated {
+            what: what.to_string(),
+            needed: HEADER_LEN,
+            available: buf.len(),
+        });
+    }
+    if &buf[0..4] != MAGIC {
+        return Err(FrameError::BadMagic {
+            what: what.to_string(),
+        });
+    }
+    if &buf[4..8] != kind {
+        return Err(FrameError::WrongKind {
+            what: what.to_string(),
+            expected: String::from_utf8_lossy(kind).into_owned(),
+            found: String::from_utf8_lossy(&buf[4..8]).into_owned(),
+        });
+    }
+    let version = u16::from_be_bytes([buf[8], buf[9]]);
+    if version == 0 || version > max_version {
+        return Err(FrameError::UnsupportedVersion {
+            what: what.to_string(),
+            found: version,
+            max: max_version,
+        });
+    }
+    Ok((
+        version,
+        u32::from_be_bytes([buf[10], buf[11], buf[12], buf[13]]) as usize,
+    ))
+}
+
 /// Reads a whole framed file, refusing files larger than `limit` plus header.
 pub fn read_file(path: &Path, limit: usize) -> io::Result<Vec<u8>> {
     let mut f = File::open(path)?;

@@ -117,6 +117,37 @@ impl SegmentIndex {
         frame::encode(INDEX_KIND, INDEX_VERSION, &p)
     }
 
+    /// Bytes at the start of an index file that hold its summary.
+    pub const SUMMARY_LEN: usize = frame::HEADER_LEN + 48;
+
+    /// Reads the summary (size, next offset, max timestamp) from the first
+    /// [`Self::SUMMARY_LEN`] bytes of an index file, without its entries and
+    /// without verifying its checksum (done when the entries are loaded).
+    pub fn decode_summary(what: &str, prefix: &[u8], base: i64) -> Result<Self, IndexError> {
+        let (_, len) = frame::peek_header(what, prefix, INDEX_KIND, INDEX_VERSION)?;
+        if len < 48 || prefix.len() < Self::SUMMARY_LEN {
+            return Err(IndexError::Mismatch(format!(
+                "{what}: index summary truncated"
+            )));
+        }
+        let mut r = Reader {
+            p: &prefix[frame::HEADER_LEN..Self::SUMMARY_LEN],
+            at: 0,
+        };
+        if r.i64()? != base {
+            return Err(IndexError::Mismatch(format!(
+                "{what}: index is for another segment"
+            )));
+        }
+        Ok(SegmentIndex {
+            size: r.u64()?,
+            next_offset: r.i64()?,
+            max_timestamp: r.i64()?,
+            max_timestamp_offset: r.i64()?,
+            ..Default::default()
+        })
+    }
+
     /// Decodes an index file written by [`SegmentIndex::encode`] for the
     /// segment based at `base`.
     pub fn decode(what: &str, buf: &[u8], base: i64) -> Result<Self, IndexError> {

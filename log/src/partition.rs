@@ -165,7 +165,21 @@ impl Partition {
                 .map_err(|e| LogError::io(&path, e))?
                 .len();
             let index_path = path.with_extension(segment::INDEX_SUFFIX);
-            let trusted = if is_active && !ctx.clean {
+            // Sealed segments: only the index summary is read now (start-up
+            // time does not grow with data); entries load on first use.
+            // The active segment after a clean stop: its whole index.
+            let summary = if is_active {
+                None
+            } else {
+                Segment::read_index_summary(&index_path, base).filter(|s| {
+                    let ok = s.size == file_len && bases.get(i + 1).is_none_or(|&n| s.next_offset == n);
+                    if !ok {
+                        tracing::warn!(path = %index_path.display(), indexed = s.size, file_len, "index does not match its segment; rebuilding");
+                    }
+                    ok
+                })
+            };
+            let trusted = if summary.is_some() || (is_active && !ctx.clean) {
                 None
             } else {
                 match frame::read_file(&index_path, crate::index::INDEX_LIMIT) {
@@ -187,9 +201,10 @@ impl Partition {
                 }
             };
             let mut persisted = trusted.is_some() && !is_active;
-            let seg = match trusted {
-                Some(idx) => Segment::open(path, base, idx, ctx.now_ms)?,
-                None => {
+            let seg = match (summary, trusted) {
+                (Some(summary), _) => Segment::open_sealed(path, base, summary, ctx.now_ms)?,
+                (None, Some(idx)) => Segment::open(path, base, idx, ctx.now_ms)?,
+                (None, None) => {
                     let seg =
                         Segment::open(path.clone(), base, SegmentIndex::new(base), ctx.now_ms)?;
                     let out = seg.scan(interval, max_batch)?;
@@ -337,6 +352,25 @@ impl Partition {
     /// A receiver that changes whenever the high watermark advances.
     pub fn watch_high_watermark(&self) -> watch::Receiver<i64> {
         self.hw_tx.subscribe()
+    }
+
+    /// Loads a sealed segment's index entries; if its index file turns out
+    /// to be damaged, rebuilds them by scanning the segment.
+    fn ensure_index(&self, seg: &Arc<Segment>, config: &TopicConfig) -> Result<(), LogError> {
+        if let Err(e) = seg.ensure_index(&self.index_cache) {
+            tracing::warn!(error = %e, path = %seg.path.display(), "index file unreadable; rebuilding from the segment");
+            let out = seg.scan(config.index_interval_bytes, Self::max_batch(config))?;
+            if let Some(err) = &out.error {
+                tracing::error!(path = %seg.path.display(), reason = %err, "corrupt bytes in a sealed segment");
+                self.stats.corrupt_segments.fetch_add(1, Ordering::Relaxed);
+            }
+            let mut idx = out.index;
+            let current = seg.index.read().clone();
+            idx.size = current.size;
+            idx.next_offset = current.next_offset;
+            seg.replace_index(idx);
+        }
+        Ok(())
     }
 
     fn max_batch(config: &TopicConfig) -> usize {
@@ -655,7 +689,7 @@ impl Partition {
         if offset == hw {
             return Ok(empty);
         }
-        seg.ensure_index(&self.index_cache)?;
+        self.ensure_index(&seg, &config)?;
         let Some((pos, first)) = seg.find(offset, limit, max_batch)? else {
             return Ok(empty);
         };
@@ -696,7 +730,10 @@ impl Partition {
             (inner.segments.clone(), inner.high_watermark)
         };
         for seg in segments {
-            seg.ensure_index(&self.index_cache)?;
+            if seg.index.read().max_timestamp < ts {
+                continue;
+            }
+            self.ensure_index(&seg, &config)?;
             let (max_ts, start_off, limit) = {
                 let idx = seg.index.read();
                 (

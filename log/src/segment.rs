@@ -152,6 +152,46 @@ impl Segment {
         })
     }
 
+    /// Opens a sealed segment knowing only its index summary: the entries
+    /// stay on disk until first used.
+    pub fn open_sealed(
+        path: PathBuf,
+        base: i64,
+        summary: SegmentIndex,
+        now_ms: i64,
+    ) -> Result<Self, LogError> {
+        let seg = Segment::open(path, base, summary, now_ms)?;
+        seg.index_on_disk.store(true, Ordering::Release);
+        seg.entries_loaded.store(false, Ordering::Release);
+        Ok(seg)
+    }
+
+    /// Reads the summary at the start of this segment's index file.
+    pub fn read_index_summary(path: &Path, base: i64) -> Option<SegmentIndex> {
+        use std::io::Read;
+        let mut f = File::open(path).ok()?;
+        let mut buf = [0u8; SegmentIndex::SUMMARY_LEN];
+        f.read_exact(&mut buf).ok()?;
+        match SegmentIndex::decode_summary(&path.display().to_string(), &buf, base) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                tracing::warn!(error = %e, "unreadable index summary; rebuilding");
+                None
+            }
+        }
+    }
+
+    /// Replaces a sealed segment's entries after its index file proved
+    /// unreadable; they stay in memory (the file is rewritten if possible).
+    pub fn replace_index(&self, index: SegmentIndex) {
+        *self.index.write() = index;
+        self.index_on_disk.store(false, Ordering::Release);
+        self.entries_loaded.store(true, Ordering::Release);
+        if let Err(e) = self.write_index() {
+            tracing::warn!(error = %e, "could not rewrite index file");
+        }
+    }
+
     /// Marks this sealed segment's index file as current and hands its
     /// entries to the cache (which may evict them, or others).
     pub fn index_persisted(self: &Arc<Self>, cache: &IndexCache) {

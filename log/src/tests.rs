@@ -556,3 +556,41 @@ fn sealed_index_memory_stays_within_the_cache_budget() {
     assert_eq!(p.offset_for_timestamp(150).unwrap(), Some((150, 150)));
     assert!(log.index_cache_bytes() <= 256 + 512);
 }
+
+#[test]
+fn clean_restart_reads_only_index_summaries_and_repairs_a_damaged_index_on_use() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = LogConfig::new(dir.path());
+    let seg_path = {
+        let log = LogManager::open(cfg.clone()).unwrap();
+        let t = log
+            .create_topic(
+                "t",
+                1,
+                configs(&[("segment.bytes", "2048"), ("retention.ms", "-1")]),
+            )
+            .unwrap();
+        append_n(&t.partitions[0], 100, 2, 0);
+        let first = t.partitions[0].segments()[0].path.clone();
+        log.shutdown().unwrap();
+        first
+    };
+    // Damage the entries (not the summary) of the first segment's index.
+    let idx_path = seg_path.with_extension("index");
+    let mut bytes = std::fs::read(&idx_path).unwrap();
+    let n = bytes.len();
+    bytes[n - 3] ^= 0xff;
+    std::fs::write(&idx_path, &bytes).unwrap();
+    let log = LogManager::open(cfg).unwrap();
+    assert_eq!(
+        log.index_cache_bytes(),
+        0,
+        "no index entries loaded at start-up"
+    );
+    let p = log.partition("t", 0).unwrap();
+    assert_eq!(read_all(&p).len(), 100);
+    assert_eq!(p.offset_for_timestamp(50).unwrap(), Some((99, 50)));
+    // The damaged index was rebuilt and rewritten.
+    let fixed = std::fs::read(&idx_path).unwrap();
+    assert!(crate::index::SegmentIndex::decode("t", &fixed, 0).is_ok());
+}
