@@ -76,34 +76,7 @@ pub fn decode<'a>(
     max_version: u16,
     limit: usize,
 ) -> Result<(u16, &'a [u8]), FrameError> {
-    if buf.len() < HEADER_LEN {
-        return Err(FrameError::Truncated {
-            what: what.to_string(),
-            needed: HEADER_LEN,
-            available: buf.len(),
-        });
-    }
-    if &buf[0..4] != MAGIC {
-        return Err(FrameError::BadMagic {
-            what: what.to_string(),
-        });
-    }
-    if &buf[4..8] != kind {
-        return Err(FrameError::WrongKind {
-            what: what.to_string(),
-            expected: String::from_utf8_lossy(kind).into_owned(),
-            found: String::from_utf8_lossy(&buf[4..8]).into_owned(),
-        });
-    }
-    let version = u16::from_be_bytes([buf[8], buf[9]]);
-    if version == 0 || version > max_version {
-        return Err(FrameError::UnsupportedVersion {
-            what: what.to_string(),
-            found: version,
-            max: max_version,
-        });
-    }
-    let length = u32::from_be_bytes([buf[10], buf[11], buf[12], buf[13]]) as usize;
+    let (version, length) = peek_header(what, buf, kind, max_version)?;
     if length > limit {
         return Err(FrameError::TooLong {
             what: what.to_string(),
