@@ -910,10 +910,19 @@ fn read_fetch(
     (resp, total, errors)
 }
 
-/// Runs blocking storage work off the async runtime.
+/// Runs blocking storage work without stalling other connections.
 async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, LogError> + Send + 'static,
 ) -> Result<T, LogError> {
+    // Page-cache reads and writes are short; block_in_place keeps them on
+    // this worker (moving its other tasks away) instead of paying two
+    // thread hand-offs per request as spawn_blocking would. fsync never
+    // runs here: it belongs to the log's flusher threads.
+    if tokio::runtime::Handle::current().runtime_flavor()
+        == tokio::runtime::RuntimeFlavor::MultiThread
+    {
+        return tokio::task::block_in_place(f);
+    }
     match tokio::task::spawn_blocking(f).await {
         Ok(r) => r,
         Err(e) => {
