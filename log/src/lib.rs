@@ -109,6 +109,8 @@ pub enum LogError {
     TopicExists { name: String },
     #[error("topic '{name}' does not exist")]
     UnknownTopic { name: String },
+    #[error("partition {topic}-{partition} refuses writes after a failed fsync; restart the broker to recover it")]
+    PartitionFailed { topic: String, partition: i32 },
     #[error("partition has no active segment")]
     NoActiveSegment,
     #[error("timed out waiting for the write to become durable")]

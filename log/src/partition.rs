@@ -99,6 +99,8 @@ pub struct Partition {
     flush_policy: FlushPolicy,
     flush_queue: Arc<FlushQueue>,
     flush_queued: AtomicBool,
+    /// An fsync failed: no more writes are accepted (see `flush`).
+    failed: AtomicBool,
     /// Serializes flushes of this partition (sync + HW advance).
     flush_lock: Mutex<()>,
     pub stats: PartitionStats,
@@ -306,6 +308,7 @@ impl Partition {
             flush_policy: ctx.flush_policy,
             flush_queue: ctx.flush_queue.clone(),
             flush_queued: AtomicBool::new(false),
+            failed: AtomicBool::new(false),
             flush_lock: Mutex::new(()),
             stats,
         };
@@ -382,6 +385,12 @@ impl Partition {
     /// durable: await [`Partition::wait_durable`] for that). Blocking I/O:
     /// call from a blocking thread.
     pub fn append(self: &Arc<Self>, records: &[u8], now_ms: i64) -> Result<AppendResult, LogError> {
+        if self.failed.load(Ordering::Acquire) {
+            return Err(LogError::PartitionFailed {
+                topic: self.topic.clone(),
+                partition: self.id,
+            });
+        }
         let config = self.config();
         // Validate everything before touching the log: a request is appended
         // whole or not at all.
@@ -572,6 +581,9 @@ impl Partition {
     /// watermark. Called by the flusher threads; blocking.
     pub fn flush(&self) -> Result<(), LogError> {
         self.flush_queued.store(false, Ordering::Release);
+        if self.failed.load(Ordering::Acquire) {
+            return Ok(());
+        }
         let _guard = self.flush_lock.lock();
         let (seals, active, target) = {
             let mut inner = self.inner.lock();
@@ -583,34 +595,56 @@ impl Partition {
             let active = inner.segments.last().cloned();
             (seals, active, inner.log_end_offset)
         };
-        let result = (|| {
+        // fsync first. A failed fsync is not retried: the kernel may have
+        // dropped the dirty pages, so a later "successful" fsync would prove
+        // nothing. The partition stops taking writes; what is below the high
+        // watermark stays durable and readable.
+        let synced = (|| {
             for seal in &seals {
                 seal.segment.sync()?;
+            }
+            if let Some(active) = &active {
+                active.sync()?;
+            }
+            Ok::<(), LogError>(())
+        })();
+        if let Err(e) = synced {
+            self.failed.store(true, Ordering::Release);
+            tracing::error!(topic = %self.topic, partition = self.id, error = %e, "fsync failed: the partition refuses writes until the broker restarts and recovers it");
+            return Err(e);
+        }
+        {
+            let mut inner = self.inner.lock();
+            if target > inner.high_watermark {
+                inner.high_watermark = target;
+                self.publish_hw(target);
+            }
+        }
+        // Sealed segments' index files and producer snapshots: written
+        // atomically; on failure they are retried by the next flush.
+        let mut unfinished = Vec::new();
+        let mut first_error = None;
+        for seal in seals {
+            let done = (|| {
                 seal.segment.write_index()?;
                 seal.segment.index_persisted(&self.index_cache);
                 let path = self.dir.join(snapshot_name(seal.snapshot_offset));
                 frame::write_atomic(&path, &seal.producers.encode(seal.snapshot_offset))
                     .map_err(|e| LogError::io(&path, e))?;
                 self.prune_snapshots(seal.snapshot_offset);
+                Ok::<(), LogError>(())
+            })();
+            if let Err(e) = done {
+                first_error.get_or_insert(e);
+                unfinished.push(seal);
             }
-            if let Some(active) = &active {
-                active.sync()?;
-            }
-            Ok(())
-        })();
-        let mut inner = self.inner.lock();
-        match result {
-            Ok(()) => {
-                if target > inner.high_watermark {
-                    inner.high_watermark = target;
-                    self.publish_hw(target);
-                }
-                Ok(())
-            }
-            Err(e) => {
-                // Try again on the next flush; nothing is acknowledged meanwhile.
+        }
+        match first_error {
+            None => Ok(()),
+            Some(e) => {
+                let mut inner = self.inner.lock();
                 inner.dirty = true;
-                for seal in seals.into_iter().rev() {
+                for seal in unfinished.into_iter().rev() {
                     inner.pending_seals.push_front(seal);
                 }
                 Err(e)
@@ -872,6 +906,13 @@ impl Partition {
     /// Clean stop: everything synced, the active segment's index and a
     /// producer snapshot written, so the next open skips recovery.
     pub fn close(&self) -> Result<(), LogError> {
+        if self.failed.load(Ordering::Acquire) {
+            // Not clean: the next start must recover this partition.
+            return Err(LogError::PartitionFailed {
+                topic: self.topic.clone(),
+                partition: self.id,
+            });
+        }
         {
             self.inner.lock().dirty = true;
         }

@@ -271,6 +271,14 @@ impl Segment {
     }
 
     pub fn sync(&self) -> Result<(), LogError> {
+        // Fault injection for tests: segments of topics named "fail-fsync*".
+        #[cfg(test)]
+        if self.path.to_string_lossy().contains("fail-fsync") {
+            return Err(LogError::io(
+                &self.path,
+                std::io::Error::other("injected fsync failure"),
+            ));
+        }
         self.file
             .sync_data()
             .map_err(|e| LogError::io(&self.path, e))

@@ -594,3 +594,27 @@ fn clean_restart_reads_only_index_summaries_and_repairs_a_damaged_index_on_use()
     let fixed = std::fs::read(&idx_path).unwrap();
     assert!(crate::index::SegmentIndex::decode("t", &fixed, 0).is_ok());
 }
+
+#[test]
+fn failed_fsync_stops_writes_and_is_not_reported_clean() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = open(dir.path());
+    let t = log.create_topic("fail-fsync", 1, BTreeMap::new()).unwrap();
+    let ok = log.create_topic("fine", 1, BTreeMap::new()).unwrap();
+    let p = &t.partitions[0];
+    p.append(&make_batch(1, 5, 0, (-1, -1, -1)), 0).unwrap();
+    assert!(p.flush().is_err());
+    // Nothing unsynced becomes visible, and no more writes are taken.
+    assert_eq!(p.high_watermark(), 0);
+    assert!(matches!(
+        p.append(&make_batch(1, 5, 0, (-1, -1, -1)), 0),
+        Err(LogError::PartitionFailed { .. })
+    ));
+    // Other partitions carry on.
+    append_n(&ok.partitions[0], 1, 1, 0);
+    ok.partitions[0].flush().unwrap();
+    assert_eq!(ok.partitions[0].high_watermark(), 1);
+    // A stop is not clean, so the next start recovers.
+    assert!(log.shutdown().is_err());
+    assert!(!dir.path().join("clean-shutdown").exists());
+}
