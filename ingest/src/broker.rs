@@ -123,11 +123,11 @@ impl Broker {
     pub async fn handle(
         self: &Arc<Self>,
         header: RequestHeader,
+        peer: std::net::SocketAddr,
         request: RequestKind,
         version: i16,
     ) -> Handled {
         use Handled::Now;
-        let _ = &header;
         match request {
             RequestKind::ApiVersions(_) => {
                 Now(ResponseKind::ApiVersions(self.api_versions_response(0)))
@@ -155,9 +155,19 @@ impl Broker {
             RequestKind::InitProducerId(r) => {
                 Now(ResponseKind::InitProducerId(self.init_producer_id(r).await))
             }
-            RequestKind::JoinGroup(r) => Now(ResponseKind::JoinGroup(
-                self.groups.join_group(r, version).await,
-            )),
+            RequestKind::JoinGroup(r) => {
+                let client = crate::group::ClientInfo {
+                    client_id: header
+                        .client_id
+                        .as_ref()
+                        .map(|c| c.to_string())
+                        .unwrap_or_default(),
+                    client_host: format!("/{}", peer.ip()),
+                };
+                Now(ResponseKind::JoinGroup(
+                    self.groups.join_group_with_client(r, version, client).await,
+                ))
+            }
             RequestKind::SyncGroup(r) => Now(ResponseKind::SyncGroup(
                 self.groups.sync_group(r, version).await,
             )),

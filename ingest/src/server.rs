@@ -199,7 +199,7 @@ async fn handle_frame(
     let correlation_id = header.correlation_id;
     broker.metrics().count_request(api);
     tracing::trace!(%peer, ?api, version, correlation_id, "request");
-    match broker.handle(header, request, version).await {
+    match broker.handle(header, peer, request, version).await {
         Handled::Now(resp) => {
             let bytes = encode_response(api, version, correlation_id, &resp)?;
             Ok(Box::pin(async move { Some(bytes) }))
