@@ -91,6 +91,25 @@ impl Metrics {
             "Requests that closed their connection as malformed or unsupported.",
             self.malformed_requests.load(Ordering::Relaxed) as i64,
         );
+        let (buckets, count, sum_us) = broker.log().fsync_latency().snapshot();
+        let _ = writeln!(out, "# HELP sediment_fsync_duration_seconds Duration of segment fdatasync calls.\n# TYPE sediment_fsync_duration_seconds histogram");
+        for (bound_us, n) in buckets {
+            let _ = writeln!(
+                out,
+                "sediment_fsync_duration_seconds_bucket{{le=\"{}\"}} {n}",
+                bound_us as f64 / 1e6
+            );
+        }
+        let _ = writeln!(
+            out,
+            "sediment_fsync_duration_seconds_bucket{{le=\"+Inf\"}} {count}"
+        );
+        let _ = writeln!(
+            out,
+            "sediment_fsync_duration_seconds_sum {}",
+            sum_us as f64 / 1e6
+        );
+        let _ = writeln!(out, "sediment_fsync_duration_seconds_count {count}");
         type Getter = fn(&sediment_log::Partition) -> i64;
         let gauges: [(&str, &str, &str, Getter); 7] = [
             (

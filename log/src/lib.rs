@@ -171,6 +171,51 @@ impl FlushQueue {
     }
 }
 
+/// A fixed-bucket latency histogram (Prometheus-style, cumulative when
+/// exported), updated with relaxed atomics.
+#[derive(Debug)]
+pub struct Histogram {
+    counts: [std::sync::atomic::AtomicU64; HISTOGRAM_BOUNDS_US.len() + 1],
+    sum_us: std::sync::atomic::AtomicU64,
+}
+
+/// Upper bounds of the histogram buckets, in microseconds.
+pub const HISTOGRAM_BOUNDS_US: [u64; 12] = [
+    100, 250, 500, 1_000, 2_000, 4_000, 8_000, 16_000, 32_000, 64_000, 128_000, 512_000,
+];
+
+impl Default for Histogram {
+    fn default() -> Self {
+        Histogram {
+            counts: std::array::from_fn(|_| std::sync::atomic::AtomicU64::new(0)),
+            sum_us: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+}
+
+impl Histogram {
+    pub fn record(&self, d: Duration) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let us = d.as_micros().min(u128::from(u64::MAX)) as u64;
+        let i = HISTOGRAM_BOUNDS_US.partition_point(|&b| b < us);
+        self.counts[i].fetch_add(1, Relaxed);
+        self.sum_us.fetch_add(us, Relaxed);
+    }
+
+    /// (cumulative count per bucket bound, total count, sum in µs).
+    pub fn snapshot(&self) -> (Vec<(u64, u64)>, u64, u64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let mut acc = 0;
+        let mut buckets = Vec::with_capacity(HISTOGRAM_BOUNDS_US.len());
+        for (i, b) in HISTOGRAM_BOUNDS_US.iter().enumerate() {
+            acc += self.counts[i].load(Relaxed);
+            buckets.push((*b, acc));
+        }
+        acc += self.counts[HISTOGRAM_BOUNDS_US.len()].load(Relaxed);
+        (buckets, acc, self.sum_us.load(Relaxed))
+    }
+}
+
 /// Milliseconds since the Unix epoch.
 pub fn now_ms() -> i64 {
     std::time::SystemTime::now()

@@ -110,6 +110,7 @@ pub struct LogManager {
     flush_queue: Arc<FlushQueue>,
     hw_changed: Arc<tokio::sync::watch::Sender<u64>>,
     index_cache: Arc<IndexCache>,
+    fsync_latency: Arc<crate::Histogram>,
     flushers: Mutex<Vec<JoinHandle<()>>>,
     producer_ids: Mutex<(i64, i64)>,
     cluster_id: String,
@@ -226,8 +227,10 @@ impl LogManager {
         let flush_queue = Arc::new(FlushQueue::default());
         let hw_changed = Arc::new(tokio::sync::watch::Sender::new(0u64));
         let index_cache = Arc::new(IndexCache::new(config.index_cache_bytes));
+        let fsync_latency = Arc::new(crate::Histogram::default());
         let now = now_ms();
         let ctx = PartitionContext {
+            fsync_latency: fsync_latency.clone(),
             flush_policy: config.flush_policy,
             flush_queue: flush_queue.clone(),
             hw_changed: hw_changed.clone(),
@@ -294,6 +297,7 @@ impl LogManager {
             flush_queue,
             hw_changed,
             index_cache,
+            fsync_latency,
             flushers: Mutex::new(Vec::new()),
             producer_ids: Mutex::new((pid_start, pid_start)),
             cluster_id: broker.cluster_id,
@@ -321,6 +325,11 @@ impl LogManager {
     /// Changes whenever any partition's high watermark advances.
     pub fn subscribe_high_watermarks(&self) -> tokio::sync::watch::Receiver<u64> {
         self.hw_changed.subscribe()
+    }
+
+    /// Durations of segment fdatasync calls.
+    pub fn fsync_latency(&self) -> &crate::Histogram {
+        &self.fsync_latency
     }
 
     /// Bytes of sealed-segment index entries in memory.
@@ -400,6 +409,7 @@ impl LogManager {
             flush_queue: self.flush_queue.clone(),
             hw_changed: self.hw_changed.clone(),
             index_cache: self.index_cache.clone(),
+            fsync_latency: self.fsync_latency.clone(),
             leader_epoch: 0,
             clean: true,
             now_ms: now_ms(),

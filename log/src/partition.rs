@@ -95,6 +95,7 @@ pub struct Partition {
     /// Broker-wide "some high watermark moved" signal for fetch long-polls.
     hw_changed: Arc<watch::Sender<u64>>,
     index_cache: Arc<IndexCache>,
+    fsync_latency: Arc<crate::Histogram>,
     leader_epoch: i32,
     flush_policy: FlushPolicy,
     flush_queue: Arc<FlushQueue>,
@@ -118,6 +119,7 @@ pub struct PartitionContext {
     pub flush_queue: Arc<FlushQueue>,
     pub hw_changed: Arc<watch::Sender<u64>>,
     pub index_cache: Arc<IndexCache>,
+    pub fsync_latency: Arc<crate::Histogram>,
     pub leader_epoch: i32,
     /// The previous run stopped cleanly (index files and snapshots current).
     pub clean: bool,
@@ -304,6 +306,7 @@ impl Partition {
             hw_tx,
             hw_changed: ctx.hw_changed.clone(),
             index_cache: ctx.index_cache.clone(),
+            fsync_latency: ctx.fsync_latency.clone(),
             leader_epoch: ctx.leader_epoch,
             flush_policy: ctx.flush_policy,
             flush_queue: ctx.flush_queue.clone(),
@@ -600,11 +603,10 @@ impl Partition {
         // nothing. The partition stops taking writes; what is below the high
         // watermark stays durable and readable.
         let synced = (|| {
-            for seal in &seals {
-                seal.segment.sync()?;
-            }
-            if let Some(active) = &active {
-                active.sync()?;
+            for seg in seals.iter().map(|s| &s.segment).chain(active.iter()) {
+                let started = std::time::Instant::now();
+                seg.sync()?;
+                self.fsync_latency.record(started.elapsed());
             }
             Ok::<(), LogError>(())
         })();

@@ -618,3 +618,17 @@ fn failed_fsync_stops_writes_and_is_not_reported_clean() {
     assert!(log.shutdown().is_err());
     assert!(!dir.path().join("clean-shutdown").exists());
 }
+
+#[test]
+fn histogram_buckets_are_cumulative() {
+    let h = crate::Histogram::default();
+    h.record(Duration::from_micros(50));
+    h.record(Duration::from_micros(300));
+    h.record(Duration::from_secs(5));
+    let (buckets, count, sum) = h.snapshot();
+    assert_eq!(count, 3);
+    assert_eq!(buckets[0], (100, 1));
+    assert_eq!(buckets[2], (500, 2));
+    assert_eq!(buckets.last().unwrap().1, 2);
+    assert_eq!(sum, 5_000_350);
+}

@@ -52,3 +52,20 @@ def test_malformed_requests_are_counted(make_broker):
         assert s.recv(16) == b""  # the broker closes the connection
     assert _value(_scrape(addr), "sediment_malformed_requests_total") >= 1
     b.assert_alive()
+
+
+def test_fsync_durations_are_exported_as_a_histogram(make_broker):
+    addr = f"127.0.0.1:{free_port()}"
+    b = make_broker("--metrics-addr", addr)
+    topic = unique("fsyncs")
+    create_topic(b.bootstrap, topic)
+    p = producer(b.bootstrap, **{"linger.ms": 0})
+    for i in range(20):
+        p.produce(topic, value=b"x")
+        p.flush(10)
+    flush_all(p)
+    text = _scrape(addr)
+    count = _value(text, "sediment_fsync_duration_seconds_count")
+    assert count >= 1
+    assert _value(text, "sediment_fsync_duration_seconds_bucket", '{le="+Inf"}') == count
+    assert _value(text, "sediment_fsync_duration_seconds_sum") > 0
