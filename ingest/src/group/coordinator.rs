@@ -102,6 +102,15 @@ fn now_ms() -> i64 {
         .unwrap_or(0)
 }
 
+/// The request's `group.instance.id`, for versions that carry it.
+fn instance_id<S: std::ops::Deref<Target = str>>(
+    id: &Option<S>,
+    version: i16,
+    since: i16,
+) -> Option<&str> {
+    id.as_deref().filter(|_| version >= since)
+}
+
 fn duration_ms(ms: i32) -> Duration {
     Duration::from_millis(u64::try_from(ms).unwrap_or(0))
 }
@@ -543,11 +552,7 @@ impl GroupCoordinator {
             return fail(tx, ResponseError::CoordinatorNotAvailable);
         }
         let member_id = req.member_id.as_str();
-        let instance = if version >= 3 {
-            req.group_instance_id.as_ref().map(|s| s.as_str())
-        } else {
-            None
-        };
+        let instance = instance_id(&req.group_instance_id, version, 3);
         if g.is_static_member_fenced(instance, member_id) {
             return fail(tx, ResponseError::FencedInstanceId);
         }
@@ -625,11 +630,7 @@ impl GroupCoordinator {
             return Some(ResponseError::CoordinatorNotAvailable);
         }
         let member_id = req.member_id.as_str();
-        let instance = if version >= 3 {
-            req.group_instance_id.as_ref().map(|s| s.as_str())
-        } else {
-            None
-        };
+        let instance = instance_id(&req.group_instance_id, version, 3);
         if g.is_static_member_fenced(instance, member_id) {
             return Some(ResponseError::FencedInstanceId);
         }
@@ -855,11 +856,7 @@ impl GroupCoordinator {
             return Some(ResponseError::CoordinatorNotAvailable);
         }
         let member_id = req.member_id.as_str();
-        let instance = if version >= 7 {
-            req.group_instance_id.as_ref().map(|s| s.as_str())
-        } else {
-            None
-        };
+        let instance = instance_id(&req.group_instance_id, version, 7);
         if g.is_static_member_fenced(instance, member_id) {
             return Some(ResponseError::FencedInstanceId);
         }
