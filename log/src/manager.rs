@@ -559,6 +559,10 @@ fn flusher_loop(queue: Arc<FlushQueue>, policy: FlushPolicy) {
         };
         for p in batch {
             if let Err(e) = p.flush() {
+                if p.is_failed() {
+                    // Logged once where the fsync failed; nothing to retry.
+                    continue;
+                }
                 tracing::error!(error = %e, topic = %p.topic, partition = p.id, "flush failed; will retry");
                 std::thread::sleep(Duration::from_millis(100));
                 queue.push(p);

@@ -388,12 +388,7 @@ impl Partition {
     /// durable: await [`Partition::wait_durable`] for that). Blocking I/O:
     /// call from a blocking thread.
     pub fn append(self: &Arc<Self>, records: &[u8], now_ms: i64) -> Result<AppendResult, LogError> {
-        if self.failed.load(Ordering::Acquire) {
-            return Err(LogError::PartitionFailed {
-                topic: self.topic.clone(),
-                partition: self.id,
-            });
-        }
+        self.check_not_failed()?;
         let config = self.config();
         // Validate everything before touching the log: a request is appended
         // whole or not at all.
@@ -580,14 +575,32 @@ impl Partition {
         Ok(())
     }
 
+    /// Whether a failed fsync has stopped this partition (see [`Partition::flush`]).
+    pub fn is_failed(&self) -> bool {
+        self.failed.load(Ordering::Acquire)
+    }
+
+    fn check_not_failed(&self) -> Result<(), LogError> {
+        if self.is_failed() {
+            return Err(LogError::PartitionFailed {
+                topic: self.topic.clone(),
+                partition: self.id,
+            });
+        }
+        Ok(())
+    }
+
     /// Makes everything appended so far durable and advances the high
-    /// watermark. Called by the flusher threads; blocking.
+    /// watermark. Called by the flusher threads; blocking. Fails with
+    /// [`LogError::PartitionFailed`] once an fsync has failed.
     pub fn flush(&self) -> Result<(), LogError> {
         self.flush_queued.store(false, Ordering::Release);
-        if self.failed.load(Ordering::Acquire) {
-            return Ok(());
-        }
+        // A failed partition has data that will never be durable: say so,
+        // whether it failed before this call or in a flush that held the
+        // lock while this one waited.
+        self.check_not_failed()?;
         let _guard = self.flush_lock.lock();
+        self.check_not_failed()?;
         let (seals, active, target) = {
             let mut inner = self.inner.lock();
             if !inner.dirty {
@@ -612,6 +625,8 @@ impl Partition {
         })();
         if let Err(e) = synced {
             self.failed.store(true, Ordering::Release);
+            // Wake producers waiting for durability: it will not come.
+            self.hw_tx.send_modify(|_| {});
             tracing::error!(topic = %self.topic, partition = self.id, error = %e, "fsync failed: the partition refuses writes until the broker restarts and recovers it");
             return Err(e);
         }
@@ -680,11 +695,15 @@ impl Partition {
         timeout: std::time::Duration,
     ) -> Result<(), LogError> {
         let mut rx = self.hw_tx.subscribe();
-        let res = tokio::time::timeout(timeout, rx.wait_for(|hw| *hw >= end_offset))
-            .await
-            .map(|r| r.map(|_| ()));
+        let res = tokio::time::timeout(
+            timeout,
+            rx.wait_for(|hw| *hw >= end_offset || self.is_failed()),
+        )
+        .await
+        .map(|r| r.map(|hw| *hw >= end_offset));
         match res {
-            Ok(Ok(())) => Ok(()),
+            Ok(Ok(true)) => Ok(()),
+            Ok(Ok(false)) => self.check_not_failed(),
             Ok(Err(_)) => Err(LogError::ShuttingDown),
             Err(_) => Err(LogError::Timeout),
         }
@@ -908,13 +927,9 @@ impl Partition {
     /// Clean stop: everything synced, the active segment's index and a
     /// producer snapshot written, so the next open skips recovery.
     pub fn close(&self) -> Result<(), LogError> {
-        if self.failed.load(Ordering::Acquire) {
-            // Not clean: the next start must recover this partition.
-            return Err(LogError::PartitionFailed {
-                topic: self.topic.clone(),
-                partition: self.id,
-            });
-        }
+        // A failed partition is not stopped cleanly: the next start must
+        // recover it.
+        self.check_not_failed()?;
         {
             self.inner.lock().dirty = true;
         }

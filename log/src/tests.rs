@@ -606,6 +606,17 @@ fn failed_fsync_stops_writes_and_is_not_reported_clean() {
     assert!(p.flush().is_err());
     // Nothing unsynced becomes visible, and no more writes are taken.
     assert_eq!(p.high_watermark(), 0);
+    // A producer waiting for durability hears of the failure at once
+    // rather than at its timeout.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .unwrap();
+    let waited = rt.block_on(p.wait_durable(5, Duration::from_secs(60)));
+    assert!(
+        matches!(waited, Err(LogError::PartitionFailed { .. })),
+        "{waited:?}"
+    );
     assert!(matches!(
         p.append(&make_batch(1, 5, 0, (-1, -1, -1)), 0),
         Err(LogError::PartitionFailed { .. })
