@@ -3,7 +3,8 @@
 # developer's checkout alike:
 #
 #   1. installs what the tests need, idempotently: kcat (Debian's, librdkafka
-#      2.0), Python clients into ./.venv, kafkajs into tests/js/node_modules;
+#      2.0), Python clients, moto's S3 server, pyarrow and duckdb into ./.venv
+#      (tests/requirements.txt), kafkajs into tests/js/node_modules;
 #   2. cargo fmt --check, clippy with -D warnings, a debug build;
 #   3. the Rust unit, property and doc tests (cargo test --workspace);
 #   4. the end-to-end suite in tests/e2e: the real binary and real clients.
@@ -53,6 +54,9 @@ fi
 PY="$ROOT/.venv/bin/python"
 "$PY" -m pip install --quiet -r tests/requirements.txt
 "$PY" -c 'import confluent_kafka as c, kafka; print("confluent-kafka", c.__version__, "librdkafka", c.libversion()[0], "kafka-python", kafka.__version__)'
+# the tiering tests: moto's S3 server (moto_server), boto3, pyarrow and duckdb
+"$PY" -c 'import moto, boto3, pyarrow, duckdb; print("moto", moto.__version__, "boto3", boto3.__version__, "pyarrow", pyarrow.__version__, "duckdb", duckdb.__version__)'
+test -x .venv/bin/moto_server || { echo "moto_server missing from .venv (moto[server])" >&2; exit 1; }
 
 section "node packages (kafkajs)"
 if [ ! -f tests/js/node_modules/kafkajs/package.json ] \

@@ -49,6 +49,14 @@ pub struct ServeArgs {
     /// How often retention and segment.ms are checked [default: 30000].
     #[arg(long, env = "SEDIMENT_RETENTION_CHECK_INTERVAL_MS")]
     pub retention_check_interval_ms: Option<u64>,
+    /// How often sealed segments are looked for and uploaded to the
+    /// archive, and archive retention applied [default: 1000].
+    #[arg(long, env = "SEDIMENT_TIERING_INTERVAL_MS")]
+    pub tiering_interval_ms: Option<u64>,
+    /// Memory for batches rebuilt from the archive for consumers
+    /// [default: 134217728].
+    #[arg(long, env = "SEDIMENT_ARCHIVE_CACHE_BYTES")]
+    pub archive_cache_bytes: Option<usize>,
     /// group.initial.rebalance.delay.ms [default: 3000].
     #[arg(long, env = "SEDIMENT_GROUP_INITIAL_REBALANCE_DELAY_MS")]
     pub group_initial_rebalance_delay_ms: Option<u64>,
@@ -80,6 +88,8 @@ struct FileConfig {
     auto_create_topics: Option<bool>,
     default_partitions: Option<i32>,
     retention_check_interval_ms: Option<u64>,
+    tiering_interval_ms: Option<u64>,
+    archive_cache_bytes: Option<usize>,
     group_initial_rebalance_delay_ms: Option<u64>,
     max_request_bytes: Option<usize>,
     #[serde(default)]
@@ -99,6 +109,8 @@ pub struct Settings {
     pub auto_create_topics: bool,
     pub default_partitions: i32,
     pub retention_check_interval_ms: u64,
+    pub tiering_interval_ms: u64,
+    pub archive_cache_bytes: usize,
     pub group_initial_rebalance_delay_ms: u64,
     pub max_request_bytes: usize,
     pub topic_defaults: BTreeMap<String, String>,
@@ -229,6 +241,15 @@ impl Settings {
                 .or(file.retention_check_interval_ms)
                 .unwrap_or(30_000)
                 .max(10),
+            tiering_interval_ms: args
+                .tiering_interval_ms
+                .or(file.tiering_interval_ms)
+                .unwrap_or(1_000)
+                .max(10),
+            archive_cache_bytes: args
+                .archive_cache_bytes
+                .or(file.archive_cache_bytes)
+                .unwrap_or(128 << 20),
             group_initial_rebalance_delay_ms: args
                 .group_initial_rebalance_delay_ms
                 .or(file.group_initial_rebalance_delay_ms)

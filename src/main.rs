@@ -100,6 +100,10 @@ async fn serve(args: ServeArgs) -> Result<()> {
     )
     .context("invalid --topic-default")?;
     log_config.topic_defaults.overrides.clear();
+    log_config.tiering = true;
+    let archive =
+        sediment_tiering::Archive::open(&settings.object_store, settings.archive_cache_bytes)
+            .with_context(|| format!("opening the archive {}", settings.object_store))?;
     let log = tokio::task::spawn_blocking(move || sediment_log::LogManager::open(log_config))
         .await
         .context("opening the log")?
@@ -129,11 +133,15 @@ async fn serve(args: ServeArgs) -> Result<()> {
         default_partitions: settings.default_partitions,
         max_request_bytes: settings.max_request_bytes,
     };
-    let broker = Arc::new(sediment_ingest::Broker::new(
-        log.clone(),
-        groups.clone(),
-        ingest,
-    ));
+    let broker = Arc::new(
+        sediment_ingest::Broker::new(log.clone(), groups.clone(), ingest)
+            .with_archive(archive.clone()),
+    );
+    let mut tiering = sediment_tiering::TieringConfig::new(&settings.data_dir);
+    tiering.interval = Duration::from_millis(settings.tiering_interval_ms);
+    let tierer = sediment_tiering::Tierer::new(archive.clone(), log.clone(), tiering)
+        .context("starting the tierer")?;
+    tracker.spawn(tierer.run(cancel.clone()));
     if let Some(addr) = settings.metrics_addr {
         let l = tokio::net::TcpListener::bind(addr)
             .await
@@ -163,7 +171,8 @@ async fn serve(args: ServeArgs) -> Result<()> {
         startup_ms = started.elapsed().as_millis() as u64,
         "sediment ready"
     );
-    tracing::info!(pg_addr = %settings.pg_addr, object_store = %settings.object_store, "the Postgres listener and the Parquet archive are not enabled in this build yet; settings accepted");
+    tracing::info!(archive = %settings.object_store, "archiving sealed segments of topics with remote.storage.enable");
+    tracing::info!(pg_addr = %settings.pg_addr, "the Postgres listener is not enabled in this build yet; setting accepted");
 
     wait_for_signal().await;
     tracing::info!("shutting down");

@@ -29,6 +29,7 @@ use kafka_protocol::messages::*;
 use kafka_protocol::protocol::StrBytes;
 use kafka_protocol::ResponseError;
 use sediment_log::{AppendResult, FlushPolicy, LogError, LogManager, Partition};
+use sediment_tiering::{Archive, ArchiveRead};
 
 use crate::error::code;
 use crate::group::GroupCoordinator;
@@ -36,6 +37,8 @@ use crate::IngestConfig;
 
 /// (partition, fetch offset, partition max bytes) per topic of a Fetch.
 type FetchWanted = Vec<(String, Vec<(i32, i64, usize)>)>;
+/// Records read from the archive for a fetch, by (topic, partition).
+type ColdReads = std::collections::HashMap<(String, i32), Result<Bytes, String>>;
 /// A partition's append outcome, by (topic index, partition index).
 type AppendOutcome = (
     usize,
@@ -58,7 +61,8 @@ pub fn supported_versions(api: ApiKey) -> Option<(i16, i16)> {
     Some(match api {
         ApiKey::Produce => (3, 9),
         ApiKey::Fetch => (4, 12),
-        ApiKey::ListOffsets => (1, 7),
+        ApiKey::ListOffsets => (1, 9),
+        ApiKey::DescribeLogDirs => (1, 4),
         ApiKey::Metadata => (0, 12),
         ApiKey::ApiVersions => (0, 3),
         ApiKey::CreateTopics => (2, 7),
@@ -96,6 +100,8 @@ pub struct Broker {
     groups: Arc<GroupCoordinator>,
     config: IngestConfig,
     metrics: crate::metrics::Metrics,
+    /// Where offsets that left the local disk are read from.
+    archive: Option<Arc<Archive>>,
 }
 
 impl Broker {
@@ -105,7 +111,18 @@ impl Broker {
             groups,
             config,
             metrics: Default::default(),
+            archive: None,
         }
+    }
+
+    /// Serve offsets below the local log start from `archive`.
+    pub fn with_archive(mut self, archive: Arc<Archive>) -> Self {
+        self.archive = Some(archive);
+        self
+    }
+
+    pub fn archive(&self) -> Option<&Arc<Archive>> {
+        self.archive.as_ref()
     }
 
     pub fn metrics(&self) -> &crate::metrics::Metrics {
@@ -145,6 +162,9 @@ impl Broker {
             )),
             RequestKind::DeleteTopics(r) => Now(ResponseKind::DeleteTopics(
                 self.delete_topics(r, version).await,
+            )),
+            RequestKind::DescribeLogDirs(r) => Now(ResponseKind::DescribeLogDirs(
+                self.describe_log_dirs(r, version).await,
             )),
             RequestKind::DescribeConfigs(r) => {
                 Now(ResponseKind::DescribeConfigs(self.describe_configs(r)))
@@ -485,10 +505,12 @@ impl Broker {
         );
         loop {
             changes.borrow_and_update();
+            let cold = Arc::new(self.cold_reads(&wanted, max_bytes).await);
             let log = self.log.clone();
             let w = wanted.clone();
+            let c = cold.clone();
             let (resp, total, errors) =
-                blocking(move || Ok(read_fetch(&log, &w, max_bytes, version)))
+                blocking(move || Ok(read_fetch(&log, &w, &c, max_bytes, version)))
                     .await
                     .unwrap_or_else(|_| (FetchResponse::default(), 0, true));
             let elapsed = start.elapsed();
@@ -500,14 +522,144 @@ impl Broker {
                 // One last read so that data arriving at the deadline is not missed.
                 let log = self.log.clone();
                 let w = wanted.clone();
-                return blocking(move || Ok(read_fetch(&log, &w, max_bytes, version).0))
+                let c = cold.clone();
+                return blocking(move || Ok(read_fetch(&log, &w, &c, max_bytes, version).0))
                     .await
                     .unwrap_or_default();
             }
         }
     }
 
+    /// Reads from the archive for every wanted partition whose offset has
+    /// left the local disk, within the response's byte budget. Partitions
+    /// not in the result are read from the local tier.
+    async fn cold_reads(&self, wanted: &FetchWanted, max_bytes: usize) -> ColdReads {
+        let mut out = ColdReads::new();
+        let Some(archive) = &self.archive else {
+            return out;
+        };
+        let mut total = 0usize;
+        for (topic, parts) in wanted {
+            for &(idx, offset, part_max) in parts {
+                let Some(p) = self.log.partition(topic, idx) else {
+                    continue;
+                };
+                if !p.tiered() || offset >= p.log_start_offset() {
+                    continue;
+                }
+                if p.archive().is_none() {
+                    self.await_archive_known(vec![(topic.clone(), idx)]).await;
+                }
+                let budget = part_max.min(max_bytes.saturating_sub(total));
+                if budget == 0 && total > 0 {
+                    out.insert((topic.clone(), idx), Ok(Bytes::new()));
+                    continue;
+                }
+                let res = match archive.read(topic, idx, offset, budget.max(1)).await {
+                    Ok(ArchiveRead::Batches(b)) => Ok(b),
+                    // In a gap below the local start: nothing to serve.
+                    Ok(ArchiveRead::NotArchived) => continue,
+                    Err(e) => Err(e.to_string()),
+                };
+                if let Ok(b) = &res {
+                    total += b.len();
+                }
+                out.insert((topic.clone(), idx), res);
+            }
+        }
+        out
+    }
+
+    /// Kafka's DescribeLogDirs: the local data directory with each
+    /// partition's local bytes, and the archive (named by its URL) with
+    /// each partition's archived bytes.
+    async fn describe_log_dirs(
+        &self,
+        req: DescribeLogDirsRequest,
+        version: i16,
+    ) -> DescribeLogDirsResponse {
+        use kafka_protocol::messages::describe_log_dirs_response::{
+            DescribeLogDirsPartition, DescribeLogDirsResult, DescribeLogDirsTopic,
+        };
+        let wanted: Option<Vec<(String, Vec<i32>)>> = req.topics.map(|ts| {
+            ts.into_iter()
+                .map(|t| (t.topic.0.to_string(), t.partitions))
+                .collect()
+        });
+        let mut local = DescribeLogDirsResult::default();
+        local.log_dir = sb(&self.log.config().data_dir.display().to_string());
+        let mut remote = DescribeLogDirsResult::default();
+        remote.log_dir = sb(self.archive.as_ref().map_or("", |a| a.url()));
+        for topic in self.log.topics() {
+            let parts: Vec<&Arc<Partition>> = match &wanted {
+                None => topic.partitions.iter().collect(),
+                Some(w) => match w.iter().find(|(n, _)| *n == topic.meta.name) {
+                    None => continue,
+                    Some((_, ids)) => topic
+                        .partitions
+                        .iter()
+                        .filter(|p| ids.contains(&p.id))
+                        .collect(),
+                },
+            };
+            let entry = |size: fn(&Partition) -> i64| {
+                let mut t = DescribeLogDirsTopic::default();
+                t.name = sb(&topic.meta.name).into();
+                t.partitions = parts
+                    .iter()
+                    .map(|p| {
+                        let mut d = DescribeLogDirsPartition::default();
+                        d.partition_index = p.id;
+                        d.partition_size = size(p);
+                        d.offset_lag = 0;
+                        d
+                    })
+                    .collect();
+                t
+            };
+            local.topics.push(entry(|p| p.size_bytes() as i64));
+            remote
+                .topics
+                .push(entry(|p| p.archive().map_or(0, |a| a.bytes as i64)));
+        }
+        if version >= 4 {
+            local.total_bytes = -1;
+            local.usable_bytes = -1;
+            remote.total_bytes = -1;
+            remote.usable_bytes = -1;
+        }
+        let mut resp = DescribeLogDirsResponse::default();
+        resp.results.push(local);
+        if self.archive.is_some() {
+            resp.results.push(remote);
+        }
+        resp
+    }
+
+    /// Right after a start the tierer is still reading manifests: give it
+    /// a moment before answering "unknown" (KAFKA_STORAGE_ERROR) for a
+    /// partition whose earliest offset is in the archive.
+    async fn await_archive_known(&self, partitions: Vec<(String, i32)>) {
+        const PATIENCE: Duration = Duration::from_secs(5);
+        let deadline = Instant::now() + PATIENCE;
+        for (topic, idx) in partitions {
+            let Some(p) = self.log.partition(&topic, idx) else {
+                continue;
+            };
+            while p.earliest_offset().is_err() && Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    }
+
     async fn list_offsets(&self, req: ListOffsetsRequest, version: i16) -> ListOffsetsResponse {
+        let mut earliest = Vec::new();
+        for t in &req.topics {
+            for p in t.partitions.iter().filter(|p| p.timestamp == -2) {
+                earliest.push((t.name.0.to_string(), p.partition_index));
+            }
+        }
+        self.await_archive_known(earliest).await;
         let log = self.log.clone();
         blocking(move || {
             let mut resp = ListOffsetsResponse::default();
@@ -527,7 +679,18 @@ impl Broker {
                             }
                             match p.timestamp {
                                 -1 => pr.offset = part.high_watermark(),
-                                -2 => pr.offset = part.log_start_offset(),
+                                -2 => match part.earliest_offset() {
+                                    Ok(o) => pr.offset = o,
+                                    Err(e) => pr.error_code = code(&e),
+                                },
+                                // KIP-1005: earliest local, latest tiered.
+                                -4 => pr.offset = part.log_start_offset(),
+                                -5 => {
+                                    pr.offset = part
+                                        .archive()
+                                        .filter(|a| !a.is_empty())
+                                        .map_or(-1, |a| a.end_offset - 1)
+                                }
                                 -3 => {
                                     if let Some((o, ts)) = part.max_timestamp() {
                                         pr.offset = o;
@@ -864,6 +1027,7 @@ fn partition_error(
 fn read_fetch(
     log: &LogManager,
     wanted: &FetchWanted,
+    cold: &ColdReads,
     max_bytes: usize,
     version: i16,
 ) -> (FetchResponse, usize, bool) {
@@ -888,13 +1052,25 @@ fn read_fetch(
                     // KIP-74: the first batch is returned whole even when it
                     // exceeds the limits, so that consumers always progress.
                     let allow_oversize = total == 0;
-                    match p.read(offset, budget, allow_oversize) {
+                    let read = match cold.get(&(topic.clone(), idx)) {
+                        Some(archived) => archived
+                            .clone()
+                            .map(|records| sediment_log::ReadResult {
+                                records,
+                                high_watermark: p.high_watermark(),
+                                log_start_offset: p.earliest_offset().unwrap_or(-1),
+                            })
+                            .map_err(|message| LogError::ArchiveUnavailable { message }),
+                        None => p.read(offset, budget, allow_oversize),
+                    };
+                    match read {
                         Ok(r) => {
                             total += r.records.len();
                             pd.high_watermark = r.high_watermark;
                             pd.last_stable_offset = r.high_watermark;
                             if version >= 5 {
-                                pd.log_start_offset = r.log_start_offset;
+                                pd.log_start_offset =
+                                    p.earliest_offset().unwrap_or(r.log_start_offset);
                             }
                             pd.records = Some(r.records);
                         }
@@ -903,7 +1079,7 @@ fn read_fetch(
                             pd.high_watermark = p.high_watermark();
                             pd.last_stable_offset = pd.high_watermark;
                             if version >= 5 {
-                                pd.log_start_offset = p.log_start_offset();
+                                pd.log_start_offset = p.earliest_offset().unwrap_or(-1);
                             }
                             if !matches!(e, LogError::OffsetOutOfRange { .. }) {
                                 tracing::warn!(topic, partition = idx, error = %e, "fetch failed");

@@ -206,6 +206,8 @@ const OFFSET_FETCH: &[F] = &[
 
 const LIST_GROUPS: &[F] = &[from(T::Arr(&T::Str), 4), from(T::Arr(&T::Str), 5)];
 const DESCRIBE_GROUPS: &[F] = &[f(T::Arr(&T::Str)), from(T::Bool, 3)];
+const DESCRIBABLE_LOG_DIR_TOPIC: &[F] = &[f(T::Str), f(T::Arr(&T::I32))];
+const DESCRIBE_LOG_DIRS: &[F] = &[f(T::NStructs(DESCRIBABLE_LOG_DIR_TOPIC))];
 const DELETE_GROUPS: &[F] = &[f(T::Arr(&T::Str))];
 const API_VERSIONS: &[F] = &[from(T::Str, 3), from(T::Str, 3)];
 
@@ -231,6 +233,7 @@ fn schema(api: ApiKey) -> Option<(&'static [F], i16)> {
         ApiKey::ListGroups => (LIST_GROUPS, 3),
         ApiKey::DescribeGroups => (DESCRIBE_GROUPS, 5),
         ApiKey::DeleteGroups => (DELETE_GROUPS, 2),
+        ApiKey::DescribeLogDirs => (DESCRIBE_LOG_DIRS, 2),
         _ => return None,
     })
 }

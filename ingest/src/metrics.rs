@@ -91,6 +91,67 @@ impl Metrics {
             "Requests that closed their connection as malformed or unsupported.",
             self.malformed_requests.load(Ordering::Relaxed) as i64,
         );
+        if let Some(archive) = broker.archive() {
+            let m = &archive.metrics;
+            let counters: [(&str, &str, &std::sync::atomic::AtomicU64); 8] = [
+                (
+                    "sediment_archive_uploaded_files_total",
+                    "Parquet files uploaded to the archive.",
+                    &m.uploaded_files,
+                ),
+                (
+                    "sediment_archive_uploaded_bytes_total",
+                    "Bytes of Parquet uploaded to the archive.",
+                    &m.uploaded_bytes,
+                ),
+                (
+                    "sediment_archive_uploaded_segment_bytes_total",
+                    "Bytes of segments archived (before conversion).",
+                    &m.uploaded_segment_bytes,
+                ),
+                (
+                    "sediment_archive_upload_errors_total",
+                    "Failed tiering attempts (retried with backoff).",
+                    &m.upload_errors,
+                ),
+                (
+                    "sediment_archive_deleted_files_total",
+                    "Archive files deleted by retention.",
+                    &m.deleted_files,
+                ),
+                (
+                    "sediment_archive_read_errors_total",
+                    "Consumer reads from the archive that failed.",
+                    &m.read_errors,
+                ),
+                (
+                    "sediment_archive_cache_hits_total",
+                    "Archive reads served from rebuilt batches in memory.",
+                    &m.cache_hits,
+                ),
+                (
+                    "sediment_archive_cache_misses_total",
+                    "Archive reads that fetched and rebuilt a row group.",
+                    &m.cache_misses,
+                ),
+            ];
+            for (name, help, c) in counters {
+                scalar(
+                    &mut out,
+                    name,
+                    "counter",
+                    help,
+                    c.load(Ordering::Relaxed) as i64,
+                );
+            }
+            scalar(
+                &mut out,
+                "sediment_archive_cache_bytes",
+                "gauge",
+                "Memory held by batches rebuilt from the archive.",
+                archive.cache_bytes() as i64,
+            );
+        }
         let (buckets, count, sum_us) = broker.log().fsync_latency().snapshot();
         let _ = writeln!(out, "# HELP sediment_fsync_duration_seconds Duration of segment fdatasync calls.\n# TYPE sediment_fsync_duration_seconds histogram");
         for (bound_us, n) in buckets {
@@ -111,7 +172,19 @@ impl Metrics {
         );
         let _ = writeln!(out, "sediment_fsync_duration_seconds_count {count}");
         type Getter = fn(&sediment_log::Partition) -> i64;
-        let gauges: [(&str, &str, &str, Getter); 7] = [
+        let gauges: [(&str, &str, &str, Getter); 9] = [
+            (
+                "sediment_partition_archive_start_offset",
+                "gauge",
+                "First offset in the archive (-1: not known yet).",
+                |p| p.archive().map_or(-1, |a| a.start_offset),
+            ),
+            (
+                "sediment_partition_archive_bytes",
+                "gauge",
+                "Bytes of Parquet in the archive.",
+                |p| p.archive().map_or(0, |a| a.bytes as i64),
+            ),
             (
                 "sediment_partition_log_start_offset",
                 "gauge",

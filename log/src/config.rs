@@ -25,6 +25,14 @@ pub struct TopicConfig {
     pub index_interval_bytes: u64,
     /// Only `delete` today.
     pub cleanup_policy: String,
+    /// `remote.storage.enable`: sealed segments are archived to the object
+    /// store (when the broker runs with tiering), and then `retention.*`
+    /// bounds the archive while `local.retention.*` bounds the local tier.
+    pub remote_storage_enable: bool,
+    /// `local.retention.ms`; -2 means "same as retention.ms".
+    pub local_retention_ms: i64,
+    /// `local.retention.bytes`; -2 means "same as retention.bytes".
+    pub local_retention_bytes: i64,
     /// Settings given explicitly for this topic.
     pub overrides: BTreeMap<String, String>,
 }
@@ -33,8 +41,11 @@ pub struct TopicConfig {
 pub const CONFIG_NAMES: &[&str] = &[
     "cleanup.policy",
     "index.interval.bytes",
+    "local.retention.bytes",
+    "local.retention.ms",
     "max.message.bytes",
     "message.timestamp.type",
+    "remote.storage.enable",
     "retention.bytes",
     "retention.ms",
     "segment.bytes",
@@ -55,6 +66,9 @@ impl Default for TopicConfig {
             timestamp_type: TimestampType::CreateTime,
             index_interval_bytes: 4096,
             cleanup_policy: "delete".to_string(),
+            remote_storage_enable: true,
+            local_retention_ms: -2,
+            local_retention_bytes: -2,
             overrides: BTreeMap::new(),
         }
     }
@@ -95,6 +109,15 @@ impl TopicConfig {
             "segment.ms" => self.segment_ms = parse_i64(name, value, 1)?,
             "retention.ms" => self.retention_ms = parse_i64(name, value, -1)?,
             "retention.bytes" => self.retention_bytes = parse_i64(name, value, -1)?,
+            "local.retention.ms" => self.local_retention_ms = parse_i64(name, value, -2)?,
+            "local.retention.bytes" => self.local_retention_bytes = parse_i64(name, value, -2)?,
+            "remote.storage.enable" => {
+                self.remote_storage_enable = match value.trim() {
+                    "true" => true,
+                    "false" => false,
+                    _ => return Err(invalid(name, value, "use true or false")),
+                }
+            }
             "max.message.bytes" => {
                 let v = parse_i64(name, value, 0)?;
                 if v > i64::from(i32::MAX) {
@@ -150,6 +173,9 @@ impl TopicConfig {
             "segment.ms" => self.segment_ms.to_string(),
             "retention.ms" => self.retention_ms.to_string(),
             "retention.bytes" => self.retention_bytes.to_string(),
+            "local.retention.ms" => self.local_retention_ms.to_string(),
+            "local.retention.bytes" => self.local_retention_bytes.to_string(),
+            "remote.storage.enable" => self.remote_storage_enable.to_string(),
             "max.message.bytes" => self.max_message_bytes.to_string(),
             "index.interval.bytes" => self.index_interval_bytes.to_string(),
             "message.timestamp.type" => match self.timestamp_type {
@@ -159,6 +185,22 @@ impl TopicConfig {
             "cleanup.policy" => self.cleanup_policy.clone(),
             _ => return None,
         })
+    }
+
+    /// The limits on the local tier: `local.retention.*`, where -2 (the
+    /// default) means the matching `retention.*`, and never looser than
+    /// `retention.*` (the local tier is part of the whole log). Returns
+    /// (ms, bytes), -1 meaning unbounded.
+    pub fn local_limits(&self) -> (i64, i64) {
+        let pick = |local: i64, total: i64| match (local, total) {
+            (-2, _) => total,
+            (_, t) if t >= 0 && (local < 0 || local > t) => t,
+            _ => local,
+        };
+        (
+            pick(self.local_retention_ms, self.retention_ms),
+            pick(self.local_retention_bytes, self.retention_bytes),
+        )
     }
 
     pub fn segment_age(&self) -> Duration {

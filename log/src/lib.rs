@@ -49,7 +49,7 @@ use std::time::Duration;
 
 pub use config::{TimestampType, TopicConfig, CONFIG_NAMES, MAX_SEGMENT_BYTES};
 pub use manager::{LogConfig, LogManager, Topic, TopicMeta};
-pub use partition::{AppendResult, Partition, ReadResult, SegmentInfo};
+pub use partition::{AppendResult, ArchiveRange, Partition, ReadResult, SegmentInfo};
 
 /// When appended bytes are fsynced.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -115,6 +115,8 @@ pub enum LogError {
     NoActiveSegment,
     #[error("timed out waiting for the write to become durable")]
     Timeout,
+    #[error("archive unavailable: {message}")]
+    ArchiveUnavailable { message: String },
     #[error("the log is shutting down")]
     ShuttingDown,
     #[error(transparent)]

@@ -48,6 +48,9 @@ pub struct LogConfig {
     /// dropped first), so memory does not grow with the data kept.
     pub index_cache_bytes: usize,
     pub node_id: i32,
+    /// Sealed segments of topics with `remote.storage.enable` go to an
+    /// archive (sediment-tiering), and local retention waits for it.
+    pub tiering: bool,
 }
 
 impl LogConfig {
@@ -59,6 +62,7 @@ impl LogConfig {
             flush_threads: 2,
             index_cache_bytes: 64 << 20,
             node_id: 0,
+            tiering: false,
         }
     }
 }
@@ -238,6 +242,7 @@ impl LogManager {
             leader_epoch: 0,
             clean,
             now_ms: now,
+            tiering: config.tiering,
         };
         let mut topics = BTreeMap::new();
         let topics_dir = dir.join("topics");
@@ -413,6 +418,7 @@ impl LogManager {
             leader_epoch: 0,
             clean: true,
             now_ms: now_ms(),
+            tiering: self.config.tiering,
         };
         let mut parts = Vec::with_capacity(partitions as usize);
         for p in 0..partitions {

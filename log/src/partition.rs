@@ -104,7 +104,30 @@ pub struct Partition {
     failed: AtomicBool,
     /// Serializes flushes of this partition (sync + HW advance).
     flush_lock: Mutex<()>,
+    /// The broker archives sealed segments (see [`Partition::tiered`]).
+    tiering: bool,
+    /// What the archive holds, as last committed by the tierer; `None`
+    /// until the tierer has read the partition's manifest.
+    archive: RwLock<Option<ArchiveRange>>,
     pub stats: PartitionStats,
+}
+
+/// The offsets and bytes a partition has in the archive (object store).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ArchiveRange {
+    /// First archived offset (== `end_offset` when the archive is empty).
+    pub start_offset: i64,
+    /// The offset after the last archived one: every segment that ends at
+    /// or below it is safely in the archive and may leave the local disk.
+    pub end_offset: i64,
+    pub bytes: u64,
+    pub files: usize,
+}
+
+impl ArchiveRange {
+    pub fn is_empty(&self) -> bool {
+        self.files == 0
+    }
 }
 
 impl std::fmt::Debug for Partition {
@@ -124,6 +147,9 @@ pub struct PartitionContext {
     /// The previous run stopped cleanly (index files and snapshots current).
     pub clean: bool,
     pub now_ms: i64,
+    /// The broker archives sealed segments of topics with
+    /// `remote.storage.enable` (sediment-tiering runs).
+    pub tiering: bool,
 }
 
 fn snapshot_name(offset: i64) -> String {
@@ -313,6 +339,8 @@ impl Partition {
             flush_queued: AtomicBool::new(false),
             failed: AtomicBool::new(false),
             flush_lock: Mutex::new(()),
+            tiering: ctx.tiering,
+            archive: RwLock::new(None),
             stats,
         };
         Ok(Arc::new(p))
@@ -573,6 +601,44 @@ impl Partition {
         drop(inner);
         self.request_flush();
         Ok(())
+    }
+
+    /// Whether sealed segments of this partition go to the archive: the
+    /// broker runs tiering and the topic has `remote.storage.enable`.
+    pub fn tiered(&self) -> bool {
+        self.tiering && self.config().remote_storage_enable
+    }
+
+    /// Records what the archive holds after a manifest commit (or load).
+    /// Local retention deletes only segments below `range.end_offset`.
+    pub fn set_archive(&self, range: ArchiveRange) {
+        *self.archive.write() = Some(range);
+    }
+
+    /// What the archive holds, if the tierer has read the manifest yet.
+    pub fn archive(&self) -> Option<ArchiveRange> {
+        *self.archive.read()
+    }
+
+    /// The first offset a consumer can read from either tier: Kafka's log
+    /// start offset (ListOffsets earliest). Fails while the archive's
+    /// extent is unknown and could matter (local data was deleted before).
+    pub fn earliest_offset(&self) -> Result<i64, LogError> {
+        let local = self.log_start_offset();
+        if !self.tiered() {
+            return Ok(local);
+        }
+        match self.archive() {
+            Some(a) if !a.is_empty() => Ok(a.start_offset.min(local)),
+            Some(_) => Ok(local),
+            None if local == 0 => Ok(0),
+            None => Err(LogError::ArchiveUnavailable {
+                message: format!(
+                    "the archive of {}-{} has not been read yet",
+                    self.topic, self.id
+                ),
+            }),
+        }
     }
 
     /// Whether a failed fsync has stopped this partition (see [`Partition::flush`]).
@@ -848,14 +914,30 @@ impl Partition {
     /// Deletes whole sealed segments beyond retention.ms / retention.bytes
     /// and returns how many were deleted. Rolls an expired active segment
     /// first so that it can go too. Blocking I/O.
+    ///
+    /// A tiered partition keeps the local tier within `local.retention.*`
+    /// instead, and deletes a segment only once the archive's committed
+    /// manifest covers it (upload, then manifest, then delete: see
+    /// sediment-tiering); the archive's own retention is the tierer's.
     pub fn enforce_retention(self: &Arc<Self>, now_ms: i64) -> Result<usize, LogError> {
         let config = self.config();
-        if config.retention_ms >= 0 {
+        let tiered = self.tiered();
+        let (retention_ms, retention_bytes) = if tiered {
+            config.local_limits()
+        } else {
+            (config.retention_ms, config.retention_bytes)
+        };
+        let archived_end = if tiered {
+            self.archive().map_or(i64::MIN, |a| a.end_offset)
+        } else {
+            i64::MAX
+        };
+        if retention_ms >= 0 {
             let active_expired = {
                 let inner = self.inner.lock();
                 let a = inner.segments.last().map(|s| {
                     let i = s.index.read();
-                    i.size > 0 && i.max_timestamp < now_ms - config.retention_ms
+                    i.size > 0 && i.max_timestamp < now_ms - retention_ms
                 });
                 a.unwrap_or(false)
             };
@@ -877,6 +959,7 @@ impl Partition {
                 let first = &inner.segments[0];
                 if pending.contains(&first.base_offset)
                     || first.next_offset() > inner.high_watermark
+                    || first.next_offset() > archived_end
                 {
                     break;
                 }
@@ -884,9 +967,8 @@ impl Partition {
                     let i = first.index.read();
                     (i.size, i.max_timestamp)
                 };
-                let by_time = config.retention_ms >= 0 && max_ts < now_ms - config.retention_ms;
-                let by_size =
-                    config.retention_bytes >= 0 && total - size >= config.retention_bytes as u64;
+                let by_time = retention_ms >= 0 && max_ts < now_ms - retention_ms;
+                let by_size = retention_bytes >= 0 && total - size >= retention_bytes as u64;
                 if !(by_time || by_size) {
                     break;
                 }
@@ -954,19 +1036,25 @@ impl Partition {
     /// Segment summaries (base offset, next offset, bytes, max timestamp).
     pub fn segments(&self) -> Vec<SegmentInfo> {
         let inner = self.inner.lock();
-        inner
-            .segments
+        inner.segments.iter().map(|s| s.info()).collect()
+    }
+
+    /// Sealed segments whose every byte is durable (fsynced, below the high
+    /// watermark), oldest first: what the tierer may archive. The active
+    /// segment is never included.
+    pub fn sealed_segments(&self) -> Vec<SegmentInfo> {
+        let inner = self.inner.lock();
+        let sealed = inner.segments.len().saturating_sub(1);
+        inner.segments[..sealed]
             .iter()
-            .map(|s| {
-                let i = s.index.read();
-                SegmentInfo {
-                    base_offset: s.base_offset,
-                    next_offset: i.next_offset,
-                    size_bytes: i.size,
-                    max_timestamp: i.max_timestamp,
-                    path: s.path.clone(),
-                }
+            .filter(|s| {
+                !inner
+                    .pending_seals
+                    .iter()
+                    .any(|p| p.segment.base_offset == s.base_offset)
             })
+            .map(|s| s.info())
+            .filter(|i| i.next_offset <= inner.high_watermark)
             .collect()
     }
 }

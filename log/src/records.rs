@@ -191,6 +191,53 @@ pub fn decode<'a>(
     Ok(out)
 }
 
+/// Appends one record (uncompressed, v2) to a batch's payload: length,
+/// attributes, timestamp and offset deltas, key, value and headers.
+/// `scratch` is reused between calls to avoid allocating per record.
+pub fn put_record<'a>(
+    out: &mut Vec<u8>,
+    scratch: &mut Vec<u8>,
+    timestamp_delta: i64,
+    offset_delta: i64,
+    key: Option<&[u8]>,
+    value: Option<&[u8]>,
+    headers: impl ExactSizeIterator<Item = (&'a [u8], Option<&'a [u8]>)>,
+) {
+    scratch.clear();
+    scratch.push(0);
+    put_varlong(scratch, timestamp_delta);
+    put_varlong(scratch, offset_delta);
+    put_nullable(scratch, key);
+    put_nullable(scratch, value);
+    put_varlong(scratch, headers.len() as i64);
+    for (k, v) in headers {
+        put_nullable(scratch, Some(k));
+        put_nullable(scratch, v);
+    }
+    put_varlong(out, scratch.len() as i64);
+    out.extend_from_slice(scratch);
+}
+
+/// Zig-zag varint, as in every v2 record field.
+pub fn put_varlong(out: &mut Vec<u8>, v: i64) {
+    let mut z = ((v << 1) ^ (v >> 63)) as u64;
+    while z >= 0x80 {
+        out.push((z as u8 & 0x7f) | 0x80);
+        z >>= 7;
+    }
+    out.push(z as u8);
+}
+
+fn put_nullable(out: &mut Vec<u8>, v: Option<&[u8]>) {
+    match v {
+        None => put_varlong(out, -1),
+        Some(b) => {
+            put_varlong(out, b.len() as i64);
+            out.extend_from_slice(b);
+        }
+    }
+}
+
 /// The first record of a stored batch whose timestamp is >= `ts`.
 pub fn first_at_or_after(
     batch_bytes: &[u8],

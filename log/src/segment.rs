@@ -236,6 +236,17 @@ impl Segment {
         Ok(())
     }
 
+    pub fn info(&self) -> crate::SegmentInfo {
+        let i = self.index.read();
+        crate::SegmentInfo {
+            base_offset: self.base_offset,
+            next_offset: i.next_offset,
+            size_bytes: i.size,
+            max_timestamp: i.max_timestamp,
+            path: self.path.clone(),
+        }
+    }
+
     pub fn size(&self) -> u64 {
         self.index.read().size
     }

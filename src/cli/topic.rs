@@ -5,10 +5,14 @@ use clap::{Args, Subcommand};
 use kafka_protocol::messages::create_topics_request::{CreatableTopic, CreatableTopicConfig};
 use kafka_protocol::messages::delete_topics_request::DeleteTopicState;
 use kafka_protocol::messages::describe_configs_request::DescribeConfigsResource;
+use kafka_protocol::messages::describe_log_dirs_request::DescribableLogDirTopic;
+use kafka_protocol::messages::describe_log_dirs_response::DescribeLogDirsResult;
 use kafka_protocol::messages::{
-    CreateTopicsRequest, DeleteTopicsRequest, DescribeConfigsRequest, TopicName,
+    CreateTopicsRequest, DeleteTopicsRequest, DescribeConfigsRequest, DescribeLogDirsRequest,
+    ListOffsetsRequest, TopicName,
 };
 use kafka_protocol::protocol::StrBytes;
+use std::collections::BTreeMap;
 
 use super::client::{check, describe_error, Client};
 
@@ -163,6 +167,54 @@ fn join_ids(ids: &[kafka_protocol::messages::BrokerId]) -> String {
         .join(",")
 }
 
+/// Per-partition extent of the two tiers, where the broker reports them
+/// (ListOffsets v9: earliest local, latest tiered; DescribeLogDirs: bytes).
+struct Tiers {
+    earliest_local: BTreeMap<i32, i64>,
+    latest_tiered: BTreeMap<i32, i64>,
+    local_bytes: BTreeMap<i32, i64>,
+    archive_bytes: BTreeMap<i32, i64>,
+}
+
+async fn tiers(
+    client: &mut Client,
+    name: &str,
+    infos: &[super::client::PartitionInfo],
+) -> Result<Option<Tiers>> {
+    let conn = client.bootstrap();
+    if conn.version_for::<ListOffsetsRequest>().unwrap_or(0) < 9
+        || !conn.supports::<DescribeLogDirsRequest>()
+    {
+        return Ok(None);
+    }
+    let request =
+        DescribeLogDirsRequest::default()
+            .with_topics(Some(vec![DescribableLogDirTopic::default()
+                .with_topic(TopicName(StrBytes::from_string(name.to_owned())))
+                .with_partitions(infos.iter().map(|p| p.partition).collect())]));
+    let dirs = conn
+        .send(&request)
+        .await
+        .context("DescribeLogDirs request")?;
+    let bytes_in = |dir: Option<&DescribeLogDirsResult>| -> BTreeMap<i32, i64> {
+        dir.into_iter()
+            .flat_map(|d| d.topics.iter())
+            .filter(|t| t.name.0.as_str() == name)
+            .flat_map(|t| t.partitions.iter())
+            .map(|p| (p.partition_index, p.partition_size))
+            .collect()
+    };
+    // The broker lists its data directory first, then the archive.
+    let local_bytes = bytes_in(dirs.results.first());
+    let archive_bytes = bytes_in(dirs.results.get(1));
+    Ok(Some(Tiers {
+        earliest_local: client.list_offsets(name, infos, -4).await?,
+        latest_tiered: client.list_offsets(name, infos, -5).await?,
+        local_bytes,
+        archive_bytes,
+    }))
+}
+
 async fn describe(client: &mut Client, name: &str) -> Result<()> {
     let metadata = client.metadata(Some(&[name.to_owned()])).await?;
     let topic = metadata
@@ -180,6 +232,7 @@ async fn describe(client: &mut Client, name: &str) -> Result<()> {
     let infos = client.topic_partitions(name).await?;
     let earliest = client.list_offsets(name, &infos, -2).await?;
     let latest = client.list_offsets(name, &infos, -1).await?;
+    let tiers = tiers(client, name, &infos).await?;
 
     let replication = partitions
         .first()
@@ -203,6 +256,30 @@ async fn describe(client: &mut Client, name: &str) -> Result<()> {
             offset(&earliest),
             offset(&latest),
         ));
+        if let (Some(t), Some(&hw)) = (&tiers, latest.get(&i)) {
+            let range = |first: Option<i64>, last: i64, bytes: Option<&i64>| match first {
+                Some(first) if last >= first => {
+                    format!("{first}-{last} ({} bytes)", bytes.copied().unwrap_or(0))
+                }
+                _ => "none".to_owned(),
+            };
+            let archive_last = t.latest_tiered.get(&i).copied().unwrap_or(-1);
+            out.push_str(&format!(
+                "\tArchive: {}\tLocal: {}",
+                range(
+                    (archive_last >= 0)
+                        .then(|| earliest.get(&i).copied())
+                        .flatten(),
+                    archive_last,
+                    t.archive_bytes.get(&i)
+                ),
+                range(
+                    t.earliest_local.get(&i).copied(),
+                    hw - 1,
+                    t.local_bytes.get(&i)
+                ),
+            ));
+        }
         if let Some(e) = describe_error(p.error_code, None) {
             out.push_str(&format!("\tError: {e}"));
         }

@@ -217,3 +217,27 @@ def murmur2(data: bytes) -> int:
 def java_partition(key: bytes, partitions: int) -> int:
     """Utils.toPositive(Utils.murmur2(key)) % numPartitions, as the Java producer does."""
     return (murmur2(key) & 0x7FFFFFFF) % partitions
+
+
+# --- the broker's files ---------------------------------------------------------
+
+def partition_dir(data_dir, topic: str, partition: int):
+    """<data-dir>/topics/<topic>/<partition>: where a partition's segments live.
+
+    Also accepts a topic directory named <topic>-<id>, should the layout gain the
+    topic id; exactly one directory must match."""
+    import re
+    from pathlib import Path
+    topics = Path(data_dir) / "topics"
+    dirs = [d for d in topics.iterdir() if d.is_dir() and (
+        d.name == topic
+        or re.fullmatch(re.escape(topic) + r"-[0-9a-fA-F-]{16,}", d.name))]
+    assert len(dirs) == 1, \
+        f"expected one directory for topic {topic} under {topics}, found {[d.name for d in dirs]}"
+    return dirs[0] / str(partition)
+
+
+def local_segments(data_dir, topic: str, partition: int) -> list[int]:
+    """Base offsets of the partition's local segments (<20-digit base>.log), ascending."""
+    d = partition_dir(data_dir, topic, partition)
+    return sorted(int(f.stem) for f in d.glob("*.log") if f.stem.isdigit())

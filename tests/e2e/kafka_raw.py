@@ -88,6 +88,7 @@ INVALID_CONFIG = 40
 OUT_OF_ORDER_SEQUENCE_NUMBER = 45
 DUPLICATE_SEQUENCE_NUMBER = 46
 INVALID_PRODUCER_EPOCH = 47
+KAFKA_STORAGE_ERROR = 56
 UNKNOWN_PRODUCER_ID = 59
 
 
@@ -609,6 +610,46 @@ class KafkaConn:
             return name, parts
 
         responses = r.array(tresp, fx)
+        assert len(responses) == 1 and responses[0][0] == topic, responses
+        assert len(responses[0][1]) == 1, responses
+        return responses[0][1][0]
+
+    # ListOffsets --------------------------------------------------------------
+    def list_offsets(self, topic: str, partition: int, timestamp: int,
+                     version: Optional[int] = None) -> dict:
+        """Single-partition ListOffsets. `timestamp` is a time in ms or a special value:
+        -1 latest, -2 earliest, -3 max timestamp, -4 earliest local (KIP-1005, v8+ in
+        Kafka), -5 latest tiered (v9+). Returns the partition response as a dict."""
+        v = version if version is not None else self.pick(LIST_OFFSETS, 1, 9)
+        fx = v >= 6
+        body = i32(-1)  # replica id: a consumer
+        if v >= 2:
+            body += i8(0)  # isolation level: read uncommitted
+        part = i32(partition)
+        if v >= 4:
+            part += i32(-1)  # current leader epoch: unknown
+        part += i64(timestamp) + tags(fx)
+        body += array([string(topic, fx) + array([part], fx) + tags(fx)], fx)
+        body += tags(fx)
+        r = self.request(LIST_OFFSETS, v, body, flexible=fx)
+        if v >= 2:
+            r.i32()  # throttle
+
+        def presp():
+            p = {"partition": r.i32(), "error_code": r.i16(), "timestamp": r.i64(),
+                 "offset": r.i64()}
+            p["leader_epoch"] = r.i32() if v >= 4 else -1
+            r.tags(fx)
+            return p
+
+        def tresp():
+            name = r.string(fx)
+            parts = r.array(presp, fx)
+            r.tags(fx)
+            return name, parts
+
+        responses = r.array(tresp, fx)
+        r.tags(fx)
         assert len(responses) == 1 and responses[0][0] == topic, responses
         assert len(responses[0][1]) == 1, responses
         return responses[0][1][0]

@@ -1,0 +1,319 @@
+//! Serving consumers from the archive: the manifest names the file, the
+//! file's row-group statistics name the row group, and the row group is
+//! rebuilt into Kafka batches once and cached, so a consumer catching up
+//! through archived offsets reads each row group from the store once.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures::future::BoxFuture;
+use futures::FutureExt;
+use futures::TryStreamExt;
+use object_store::path::Path;
+use object_store::{ObjectStore, ObjectStoreExt};
+use parking_lot::Mutex;
+use parquet::arrow::arrow_reader::{ArrowReaderMetadata, ArrowReaderOptions};
+use parquet::arrow::async_reader::AsyncFileReader;
+use parquet::arrow::ParquetRecordBatchStreamBuilder;
+use parquet::errors::ParquetError;
+use parquet::file::metadata::{ParquetMetaData, ParquetMetaDataReader};
+use parquet::file::statistics::Statistics;
+
+use crate::convert::{self, Rebuilt};
+use crate::manifest::ArchiveFile;
+use crate::{inc, Archive, ArchiveError};
+
+/// Parsed Parquet footers kept (they are small; files are many).
+const FOOTERS_KEPT: usize = 256;
+
+type Key = (String, usize);
+
+/// Rebuilt row groups within a byte budget, least recently used dropped
+/// first; and the footers of recently read files.
+pub(crate) struct RebuiltCache {
+    budget: usize,
+    inner: Mutex<CacheInner>,
+}
+
+#[derive(Default)]
+struct CacheInner {
+    tick: u64,
+    used: usize,
+    groups: HashMap<Key, (Arc<Rebuilt>, u64)>,
+    footers: HashMap<String, (ArrowReaderMetadata, u64)>,
+}
+
+impl RebuiltCache {
+    pub(crate) fn new(budget: usize) -> Self {
+        RebuiltCache {
+            budget,
+            inner: Mutex::new(CacheInner::default()),
+        }
+    }
+
+    pub(crate) fn used_bytes(&self) -> usize {
+        self.inner.lock().used
+    }
+
+    fn get(&self, key: &Key) -> Option<Arc<Rebuilt>> {
+        let mut inner = self.inner.lock();
+        inner.tick += 1;
+        let tick = inner.tick;
+        inner.groups.get_mut(key).map(|(r, used)| {
+            *used = tick;
+            r.clone()
+        })
+    }
+
+    fn put(&self, key: Key, value: Arc<Rebuilt>) {
+        let size = value.bytes.len();
+        if size > self.budget {
+            return;
+        }
+        let mut inner = self.inner.lock();
+        inner.tick += 1;
+        let tick = inner.tick;
+        if let Some((old, _)) = inner.groups.insert(key, (value, tick)) {
+            inner.used -= old.bytes.len();
+        }
+        inner.used += size;
+        while inner.used > self.budget {
+            let Some(victim) = inner
+                .groups
+                .iter()
+                .min_by_key(|(_, (_, t))| *t)
+                .map(|(k, _)| k.clone())
+            else {
+                break;
+            };
+            if let Some((r, _)) = inner.groups.remove(&victim) {
+                inner.used -= r.bytes.len();
+            }
+        }
+    }
+
+    fn footer(&self, path: &str) -> Option<ArrowReaderMetadata> {
+        let mut inner = self.inner.lock();
+        inner.tick += 1;
+        let tick = inner.tick;
+        inner.footers.get_mut(path).map(|(m, used)| {
+            *used = tick;
+            m.clone()
+        })
+    }
+
+    fn put_footer(&self, path: String, meta: ArrowReaderMetadata) {
+        let mut inner = self.inner.lock();
+        inner.tick += 1;
+        let tick = inner.tick;
+        inner.footers.insert(path, (meta, tick));
+        if inner.footers.len() > FOOTERS_KEPT {
+            if let Some(victim) = inner
+                .footers
+                .iter()
+                .min_by_key(|(_, (_, t))| *t)
+                .map(|(k, _)| k.clone())
+            {
+                inner.footers.remove(&victim);
+            }
+        }
+    }
+
+    /// Drops everything read from files under `prefix` (topic deleted).
+    pub(crate) fn forget(&self, prefix: &str) {
+        let mut inner = self.inner.lock();
+        let mut freed = 0;
+        inner.groups.retain(|(p, _), (r, _)| {
+            let keep = !p.starts_with(prefix);
+            if !keep {
+                freed += r.bytes.len();
+            }
+            keep
+        });
+        inner.used -= freed;
+        inner.footers.retain(|p, _| !p.starts_with(prefix));
+    }
+}
+
+/// What a read from the archive returned.
+#[derive(Debug)]
+pub enum ArchiveRead {
+    /// Whole batches from the one holding the offset (or the first after
+    /// it, if the offset fell in a gap).
+    Batches(Bytes),
+    /// The offset is not in the archive (before its start, or at or past
+    /// its end): the local tier answers, or says it is out of range.
+    NotArchived,
+}
+
+impl Archive {
+    /// Reads whole batches starting at the batch that holds `offset`, up to
+    /// `max_bytes` (at least one batch), rebuilt from the archive.
+    pub async fn read(
+        &self,
+        topic: &str,
+        partition: i32,
+        offset: i64,
+        max_bytes: usize,
+    ) -> Result<ArchiveRead, ArchiveError> {
+        let manifest = self
+            .manifest(topic, partition)
+            .ok_or_else(|| ArchiveError::NotLoaded(format!("{topic}-{partition}")))?;
+        if offset < manifest.start_offset {
+            return Ok(ArchiveRead::NotArchived);
+        }
+        let Some(file) = manifest.file_for(offset) else {
+            return Ok(ArchiveRead::NotArchived);
+        };
+        let from = offset.max(file.base_offset);
+        let res = self
+            .read_file(topic, partition, file, from, max_bytes)
+            .await;
+        if let Err(e) = &res {
+            inc(&self.metrics.read_errors, 1);
+            tracing::error!(
+                topic, partition, offset, file = %self.file_path(topic, partition, file), error = %crate::error_chain(e),
+                "archive read failed: the consumer gets KAFKA_STORAGE_ERROR"
+            );
+        }
+        res.map(ArchiveRead::Batches)
+    }
+
+    async fn read_file(
+        &self,
+        topic: &str,
+        partition: i32,
+        file: &ArchiveFile,
+        offset: i64,
+        max_bytes: usize,
+    ) -> Result<Bytes, ArchiveError> {
+        let path = self.file_path(topic, partition, file);
+        let reader = FileReader {
+            store: self.store.clone(),
+            path: path.clone(),
+            size: file.bytes,
+        };
+        let meta = match self.cache.footer(path.as_ref()) {
+            Some(m) => m,
+            None => {
+                let mut r = reader.clone();
+                let m = ArrowReaderMetadata::load_async(&mut r, ArrowReaderOptions::new()).await?;
+                self.cache.put_footer(path.to_string(), m.clone());
+                m
+            }
+        };
+        let groups = meta.metadata().row_groups();
+        let offset_col = meta
+            .parquet_schema()
+            .columns()
+            .iter()
+            .position(|c| c.name() == "offset")
+            .ok_or_else(|| ArchiveError::Corrupt(format!("{path} has no offset column")))?;
+        let mut chosen = None;
+        for (i, rg) in groups.iter().enumerate() {
+            let max = match rg.column(offset_col).statistics() {
+                Some(Statistics::Int64(s)) => s.max_opt().copied(),
+                _ => None,
+            }
+            .ok_or_else(|| {
+                ArchiveError::Corrupt(format!("{path} row group {i} has no offset statistics"))
+            })?;
+            if max >= offset {
+                chosen = Some(i);
+                break;
+            }
+        }
+        let Some(rg) = chosen else {
+            return Err(ArchiveError::Corrupt(format!(
+                "{path} ends before offset {offset}, which its manifest entry covers"
+            )));
+        };
+        let key = (path.to_string(), rg);
+        let rebuilt = match self.cache.get(&key) {
+            Some(r) => {
+                inc(&self.metrics.cache_hits, 1);
+                r
+            }
+            None => {
+                inc(&self.metrics.cache_misses, 1);
+                let stream = ParquetRecordBatchStreamBuilder::new_with_metadata(reader, meta)
+                    .with_row_groups(vec![rg])
+                    .with_batch_size(convert::ROWS_PER_GROUP)
+                    .build()?;
+                let batches: Vec<_> = stream.try_collect().await?;
+                let r = Arc::new(tokio::task::block_in_place(|| convert::rebuild(&batches))?);
+                self.cache.put(key, r.clone());
+                r
+            }
+        };
+        let out = rebuilt.slice_from(offset, max_bytes);
+        if out.is_empty() {
+            return Err(ArchiveError::Corrupt(format!(
+                "{path} row group {rg} holds no batch at or after offset {offset}"
+            )));
+        }
+        Ok(out)
+    }
+
+    pub(crate) fn forget_cached(&self, prefix: &str) {
+        self.cache.forget(prefix);
+    }
+}
+
+/// Ranged reads of one archive file; the size comes from the manifest, so
+/// the footer is read without a HEAD request.
+#[derive(Clone)]
+struct FileReader {
+    store: Arc<dyn ObjectStore>,
+    path: Path,
+    size: u64,
+}
+
+fn parquet_err(e: object_store::Error) -> ParquetError {
+    ParquetError::External(Box::new(e))
+}
+
+impl AsyncFileReader for FileReader {
+    fn get_bytes(
+        &mut self,
+        range: std::ops::Range<u64>,
+    ) -> BoxFuture<'_, parquet::errors::Result<Bytes>> {
+        async move {
+            self.store
+                .get_range(&self.path, range)
+                .await
+                .map_err(parquet_err)
+        }
+        .boxed()
+    }
+
+    fn get_byte_ranges(
+        &mut self,
+        ranges: Vec<std::ops::Range<u64>>,
+    ) -> BoxFuture<'_, parquet::errors::Result<Vec<Bytes>>> {
+        async move {
+            self.store
+                .get_ranges(&self.path, &ranges)
+                .await
+                .map_err(parquet_err)
+        }
+        .boxed()
+    }
+
+    fn get_metadata<'a>(
+        &'a mut self,
+        options: Option<&'a ArrowReaderOptions>,
+    ) -> BoxFuture<'a, parquet::errors::Result<Arc<ParquetMetaData>>> {
+        async move {
+            let size = self.size;
+            let m = ParquetMetaDataReader::new()
+                .with_arrow_reader_options(options)
+                .with_prefetch_hint(Some(64 << 10))
+                .load_and_finish(self, size)
+                .await?;
+            Ok(Arc::new(m))
+        }
+        .boxed()
+    }
+}

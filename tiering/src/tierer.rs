@@ -1,0 +1,432 @@
+//! The tierer: a background task that moves sealed segments into the
+//! archive and keeps the archive within `retention.*`.
+//!
+//! Order of operations for one segment, never reordered:
+//! 1. convert the sealed, fsynced segment to a Parquet file in the staging
+//!    directory (CRCs checked: a rotten segment is refused, not archived);
+//! 2. upload it to `data/<base offset>.parquet` (a deterministic name: a
+//!    retry after a crash overwrites the same object with the same bytes);
+//! 3. commit manifest generation N+1 listing it (create-only put);
+//! 4. tell the partition the new archive end: only now may local
+//!    retention delete the segment.
+//!
+//! A crash between any two steps leaves either nothing committed (the
+//! segment is still local and is converted again) or a committed file
+//! whose segment is still local (deleted by the next retention pass). An
+//! uploaded-but-uncommitted object is overwritten by the retry or deleted
+//! when the partition's manifest is next loaded. Archive retention runs
+//! the other way round: commit a manifest without the oldest files, then
+//! delete them; a crash in between leaves objects no manifest lists, again
+//! deleted at the next load. Any failure backs off (1 s doubling to 60 s)
+//! for that partition only; produce and fetch on the hot tier go on, and
+//! local segments stay until their upload is committed.
+
+use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use parking_lot::Mutex;
+use sediment_log::{LogManager, Partition, SegmentInfo, Topic};
+use tokio_util::sync::CancellationToken;
+
+use crate::convert::{self, FileIdentity};
+use crate::manifest::{ArchiveFile, Manifest};
+use crate::{inc, now_ms, Archive, ArchiveError};
+
+#[derive(Debug, Clone)]
+pub struct TieringConfig {
+    /// How often to look for sealed segments and apply archive retention.
+    pub interval: Duration,
+    /// Where converted files wait for upload (emptied at start).
+    pub staging_dir: PathBuf,
+    /// Partitions converted and uploaded at once.
+    pub concurrency: usize,
+    /// Longest wait before retrying a partition whose tiering failed.
+    pub max_backoff: Duration,
+}
+
+impl TieringConfig {
+    pub fn new(data_dir: &std::path::Path) -> Self {
+        TieringConfig {
+            interval: Duration::from_secs(1),
+            staging_dir: crate::staging_dir(data_dir),
+            concurrency: 2,
+            max_backoff: Duration::from_secs(60),
+        }
+    }
+}
+
+#[derive(Default)]
+struct Backoff {
+    failures: u32,
+    until: Option<Instant>,
+}
+
+pub struct Tierer {
+    archive: Arc<Archive>,
+    log: Arc<LogManager>,
+    config: TieringConfig,
+    backoff: Mutex<HashMap<(String, i32), Backoff>>,
+    /// Topics (name → id) seen with an archive, to purge when deleted.
+    known: Mutex<HashMap<String, String>>,
+}
+
+impl std::fmt::Debug for Tierer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Tierer({:?})", self.archive)
+    }
+}
+
+/// What one pass did (for tests and logs).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct PassOutcome {
+    pub uploaded: usize,
+    pub expired: usize,
+    pub failed: usize,
+}
+
+impl Tierer {
+    /// Empties the staging directory (leftovers of interrupted uploads).
+    pub fn new(
+        archive: Arc<Archive>,
+        log: Arc<LogManager>,
+        config: TieringConfig,
+    ) -> Result<Arc<Self>, ArchiveError> {
+        let dir = &config.staging_dir;
+        if dir.exists() {
+            std::fs::remove_dir_all(dir)
+                .map_err(|e| ArchiveError::Io(format!("{}: {e}", dir.display())))?;
+        }
+        std::fs::create_dir_all(dir)
+            .map_err(|e| ArchiveError::Io(format!("{}: {e}", dir.display())))?;
+        Ok(Arc::new(Tierer {
+            archive,
+            log,
+            config,
+            backoff: Mutex::new(HashMap::new()),
+            known: Mutex::new(HashMap::new()),
+        }))
+    }
+
+    pub fn archive(&self) -> &Arc<Archive> {
+        &self.archive
+    }
+
+    /// Runs passes every `interval` until `stop` is cancelled. A pass in
+    /// progress is abandoned at stop: everything it did is either
+    /// committed or redone after the restart.
+    pub async fn run(self: Arc<Self>, stop: CancellationToken) {
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = self.pass() => {}
+            }
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tokio::time::sleep(self.config.interval) => {}
+            }
+        }
+    }
+
+    /// One pass over every partition: load manifests not read yet, upload
+    /// sealed segments, apply archive retention, purge deleted topics.
+    pub async fn pass(&self) -> PassOutcome {
+        let topics = self.log.topics();
+        self.purge_deleted(&topics).await;
+        let work: Vec<(Arc<Topic>, Arc<Partition>)> = topics
+            .iter()
+            .flat_map(|t| t.partitions.iter().map(move |p| (t.clone(), p.clone())))
+            .filter(|(_, p)| p.tiered())
+            .collect();
+        // Manifests first, for every partition: until a partition's archive
+        // is known, earliest offsets below its local start are unknown.
+        let loads = work.iter().cloned().map(|(t, p)| async move {
+            if self.archive.manifest(&p.topic, p.id).is_none() && self.due(&p) {
+                let res = self.load(&t, &p).await;
+                self.record(&p, res.map(|_| ()));
+            }
+        });
+        futures::stream::iter(loads)
+            .buffer_unordered(8)
+            .collect::<Vec<()>>()
+            .await;
+        let tiers = work.iter().cloned().map(|(t, p)| async move {
+            if !self.due(&p) {
+                return PassOutcome::default();
+            }
+            match self.tier_partition(&t, &p).await {
+                Ok(o) => {
+                    self.record(&p, Ok(()));
+                    o
+                }
+                Err(e) => {
+                    self.record(&p, Err(e));
+                    PassOutcome {
+                        failed: 1,
+                        ..PassOutcome::default()
+                    }
+                }
+            }
+        });
+        let outcomes: Vec<PassOutcome> = futures::stream::iter(tiers)
+            .buffer_unordered(self.config.concurrency.max(1))
+            .collect()
+            .await;
+        outcomes
+            .iter()
+            .fold(PassOutcome::default(), |a, o| PassOutcome {
+                uploaded: a.uploaded + o.uploaded,
+                expired: a.expired + o.expired,
+                failed: a.failed + o.failed,
+            })
+    }
+
+    fn due(&self, p: &Partition) -> bool {
+        let b = self.backoff.lock();
+        b.get(&(p.topic.clone(), p.id))
+            .and_then(|b| b.until)
+            .is_none_or(|until| Instant::now() >= until)
+    }
+
+    fn record(&self, p: &Partition, res: Result<(), ArchiveError>) {
+        let mut all = self.backoff.lock();
+        let b = all.entry((p.topic.clone(), p.id)).or_default();
+        match res {
+            Ok(()) => {
+                if b.failures > 0 {
+                    tracing::info!(topic = %p.topic, partition = p.id, "archive reachable again; tiering resumes");
+                }
+                *b = Backoff::default();
+            }
+            Err(e) => {
+                b.failures += 1;
+                let wait = Duration::from_secs(1u64 << (b.failures - 1).min(6))
+                    .min(self.config.max_backoff);
+                b.until = Some(Instant::now() + wait);
+                inc(&self.archive.metrics.upload_errors, 1);
+                tracing::warn!(topic = %p.topic, partition = p.id, error = %crate::error_chain(&e), failures = b.failures, retry_in_ms = wait.as_millis() as u64, "tiering failed; local segments are kept until their upload is committed");
+            }
+        }
+    }
+
+    /// Reads the partition's manifest (or starts an empty one), drops what
+    /// a deleted topic of the same name left, and deletes objects no
+    /// manifest lists (interrupted uploads and retention deletes).
+    async fn load(&self, topic: &Topic, p: &Partition) -> Result<Arc<Manifest>, ArchiveError> {
+        let a = &self.archive;
+        let m = match a.fetch_manifest(&p.topic, p.id).await? {
+            Some(m) if m.topic_id == topic.meta.id => m,
+            Some(stale) => {
+                tracing::warn!(topic = %p.topic, partition = p.id, stale_id = %stale.topic_id, "archive holds data of an earlier topic with this name; deleting it");
+                self.purge_prefix(&a.partition_dir(&p.topic, p.id)).await?;
+                Manifest::empty(&p.topic, &topic.meta.id, p.id)
+            }
+            None => Manifest::empty(&p.topic, &topic.meta.id, p.id),
+        };
+        let listed: HashSet<String> = m.files.iter().map(|f| f.path.clone()).collect();
+        let data_dir = a.partition_dir(&p.topic, p.id).join("data");
+        for path in a.list_paths(&data_dir).await? {
+            let rel = format!("data/{}", path.filename().unwrap_or_default());
+            if !listed.contains(&rel) {
+                tracing::info!(path = %path, "archive: deleting an object no manifest lists (left by an interrupted upload or delete)");
+                a.delete_quietly(&path).await;
+            }
+        }
+        self.known
+            .lock()
+            .insert(p.topic.clone(), topic.meta.id.clone());
+        let m = a.set_manifest(m);
+        p.set_archive(m.range());
+        Ok(m)
+    }
+
+    async fn tier_partition(
+        &self,
+        topic: &Topic,
+        p: &Arc<Partition>,
+    ) -> Result<PassOutcome, ArchiveError> {
+        let mut out = PassOutcome::default();
+        let mut m = match self.archive.manifest(&p.topic, p.id) {
+            Some(m) => m,
+            None => self.load(topic, p).await?,
+        };
+        for seg in p.sealed_segments() {
+            if seg.next_offset <= m.end_offset {
+                continue;
+            }
+            if seg.base_offset < m.end_offset {
+                return Err(ArchiveError::Corrupt(format!(
+                    "local segment {} overlaps the archive, which ends at {}",
+                    seg.path.display(),
+                    m.end_offset
+                )));
+            }
+            m = self.archive_segment(topic, p, &m, &seg).await?;
+            out.uploaded += 1;
+        }
+        out.expired = self.enforce_retention(p, &m).await?;
+        Ok(out)
+    }
+
+    /// Steps 1-4 of the module doc for one segment.
+    async fn archive_segment(
+        &self,
+        topic: &Topic,
+        p: &Arc<Partition>,
+        m: &Manifest,
+        seg: &SegmentInfo,
+    ) -> Result<Arc<Manifest>, ArchiveError> {
+        let started = Instant::now();
+        let staged = self.config.staging_dir.join(format!(
+            "{}-{}-{:020}.parquet",
+            p.topic, p.id, seg.base_offset
+        ));
+        let (src, dst) = (seg.path.clone(), staged.clone());
+        let (topic_name, topic_id, partition) = (p.topic.clone(), topic.meta.id.clone(), p.id);
+        let max_batch =
+            p.config().max_message_bytes.max(1 << 20) + sediment_log::batch::LOG_OVERHEAD;
+        let conv = tokio::task::spawn_blocking(move || {
+            let io = |e: std::io::Error, path: &std::path::Path| {
+                ArchiveError::Io(format!("{}: {e}", path.display()))
+            };
+            let input = std::fs::File::open(&src).map_err(|e| io(e, &src))?;
+            let output = std::fs::File::create(&dst).map_err(|e| io(e, &dst))?;
+            let id = FileIdentity {
+                topic: &topic_name,
+                topic_id: &topic_id,
+                partition,
+            };
+            convert::segment_to_parquet(input, &id, max_batch, output)
+        })
+        .await
+        .map_err(|e| ArchiveError::Io(format!("conversion task: {e}")))?;
+        let conv = match conv {
+            Ok(c) => c,
+            Err(e) => {
+                let _ = std::fs::remove_file(&staged);
+                return Err(e);
+            }
+        };
+        let converted_ms = started.elapsed().as_millis() as u64;
+        let rel = format!("data/{:020}.parquet", seg.base_offset);
+        let file = ArchiveFile {
+            path: rel,
+            base_offset: conv.base_offset,
+            next_offset: conv.next_offset,
+            min_timestamp: conv.min_timestamp,
+            max_timestamp: conv.max_timestamp,
+            rows: conv.rows,
+            bytes: 0,
+            segment_bytes: conv.segment_bytes,
+        };
+        let to = self.archive.file_path(&p.topic, p.id, &file);
+        let uploaded = self.archive.upload_file(&staged, &to).await;
+        let _ = std::fs::remove_file(&staged);
+        let bytes = uploaded?;
+        let file = ArchiveFile { bytes, ..file };
+        let next = m.with_file(file, now_ms())?;
+        let committed = self.archive.commit_manifest(next).await?;
+        p.set_archive(committed.range());
+        let metrics = &self.archive.metrics;
+        inc(&metrics.uploaded_files, 1);
+        inc(&metrics.uploaded_bytes, bytes);
+        inc(&metrics.uploaded_segment_bytes, conv.segment_bytes);
+        tracing::debug!(topic = %p.topic, partition = p.id, base_offset = conv.base_offset, next_offset = conv.next_offset, rows = conv.rows, segment_bytes = conv.segment_bytes, parquet_bytes = bytes, converted_ms, total_ms = started.elapsed().as_millis() as u64, "archived segment");
+        Ok(committed)
+    }
+
+    /// `retention.ms` / `retention.bytes` on the archive: commit a manifest
+    /// without the expired oldest files, then delete them.
+    async fn enforce_retention(
+        &self,
+        p: &Partition,
+        m: &Arc<Manifest>,
+    ) -> Result<usize, ArchiveError> {
+        let config = p.config();
+        let now = now_ms();
+        let files = &m.files;
+        let mut n = 0;
+        if config.retention_ms >= 0 {
+            while n < files.len() && files[n].max_timestamp < now - config.retention_ms {
+                n += 1;
+            }
+        }
+        if config.retention_bytes >= 0 {
+            let local: u64 = p
+                .segments()
+                .iter()
+                .filter(|s| s.base_offset >= m.end_offset)
+                .map(|s| s.size_bytes)
+                .sum();
+            let mut total: u64 = files[n..].iter().map(|f| f.segment_bytes).sum::<u64>() + local;
+            while n < files.len() && total - files[n].segment_bytes >= config.retention_bytes as u64
+            {
+                total -= files[n].segment_bytes;
+                n += 1;
+            }
+        }
+        if n == 0 {
+            return Ok(0);
+        }
+        let committed = self
+            .archive
+            .commit_manifest(m.without_oldest(n, now))
+            .await?;
+        p.set_archive(committed.range());
+        for f in &files[..n] {
+            let path = self.archive.file_path(&p.topic, p.id, f);
+            self.archive.forget_cached(path.as_ref());
+            if self.archive.delete_quietly(&path).await {
+                inc(&self.archive.metrics.deleted_files, 1);
+            }
+            tracing::info!(topic = %p.topic, partition = p.id, path = %path, "archive retention deleted file");
+        }
+        Ok(n)
+    }
+
+    /// Deletes the archives of topics that no longer exist.
+    async fn purge_deleted(&self, topics: &[Arc<Topic>]) {
+        let current: HashMap<&str, &str> = topics
+            .iter()
+            .map(|t| (t.meta.name.as_str(), t.meta.id.as_str()))
+            .collect();
+        let gone: Vec<String> = self
+            .known
+            .lock()
+            .iter()
+            .filter(|(name, id)| current.get(name.as_str()) != Some(&id.as_str()))
+            .map(|(name, _)| name.clone())
+            .collect();
+        for name in gone {
+            self.archive.forget_topic(&name);
+            let prefix = self.archive.topic_dir(&name);
+            self.archive.forget_cached(prefix.as_ref());
+            if current.contains_key(name.as_str()) {
+                // Recreated under the same name: the new topic's first load
+                // finds the old manifest by its id and clears it.
+                self.known.lock().remove(&name);
+                continue;
+            }
+            match self.purge_prefix(&prefix).await {
+                Ok(()) => {
+                    tracing::info!(topic = %name, "deleted the archive of a deleted topic");
+                    self.known.lock().remove(&name);
+                }
+                Err(e) => {
+                    tracing::warn!(topic = %name, error = %e, "could not delete the archive of a deleted topic; will retry")
+                }
+            }
+        }
+    }
+
+    async fn purge_prefix(&self, prefix: &object_store::path::Path) -> Result<(), ArchiveError> {
+        for path in self.archive.list_paths(prefix).await? {
+            if !self.archive.delete_quietly(&path).await {
+                return Err(ArchiveError::Io(format!("could not delete {path}")));
+            }
+        }
+        Ok(())
+    }
+}
