@@ -366,7 +366,21 @@ fn column<'a, T: 'static>(rb: &'a RecordBatch, name: &str) -> Result<&'a T, Arch
 /// rows: consecutive rows with the same `batch_offset` form one batch with
 /// the original base offset, producer fields, leader epoch and timestamp
 /// type; each record keeps its offset, timestamp, key, value and headers.
+///
+/// A Kafka batch's rows may span several Arrow batches (the reader's batch
+/// size is not a batch boundary), so they are joined first.
 pub fn rebuild(batches: &[RecordBatch]) -> Result<Rebuilt, ArchiveError> {
+    let joined;
+    let batches = match batches {
+        [] | [_] => batches,
+        [first, ..] => {
+            joined = [arrow_select::concat::concat_batches(
+                &first.schema(),
+                batches,
+            )?];
+            &joined[..]
+        }
+    };
     let mut out = Vec::new();
     let mut index = Vec::new();
     let mut scratch = Vec::new();

@@ -26,6 +26,8 @@ pub mod manifest;
 mod reader;
 pub use reader::ArchiveRead;
 mod store;
+#[cfg(test)]
+mod tests;
 mod tierer;
 
 pub use manifest::{ArchiveFile, Manifest, ManifestError, MANIFEST_FORMAT, MANIFEST_VERSION};

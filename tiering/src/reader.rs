@@ -237,9 +237,11 @@ impl Archive {
             }
             None => {
                 inc(&self.metrics.cache_misses, 1);
+                // One Arrow batch for the whole row group: no join needed.
+                let rows = groups[rg].num_rows().max(1) as usize;
                 let stream = ParquetRecordBatchStreamBuilder::new_with_metadata(reader, meta)
                     .with_row_groups(vec![rg])
-                    .with_batch_size(convert::ROWS_PER_GROUP)
+                    .with_batch_size(rows)
                     .build()?;
                 let batches: Vec<_> = stream.try_collect().await?;
                 let r = Arc::new(tokio::task::block_in_place(|| convert::rebuild(&batches))?);

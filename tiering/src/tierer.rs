@@ -145,13 +145,18 @@ impl Tierer {
         let loads = work.iter().cloned().map(|(t, p)| async move {
             if self.archive.manifest(&p.topic, p.id).is_none() && self.due(&p) {
                 let res = self.load(&t, &p).await;
+                let failed = res.is_err();
                 self.record(&p, res.map(|_| ()));
+                return usize::from(failed);
             }
+            0
         });
-        futures::stream::iter(loads)
+        let load_failures: usize = futures::stream::iter(loads)
             .buffer_unordered(8)
-            .collect::<Vec<()>>()
-            .await;
+            .collect::<Vec<usize>>()
+            .await
+            .into_iter()
+            .sum();
         let tiers = work.iter().cloned().map(|(t, p)| async move {
             if !self.due(&p) {
                 return PassOutcome::default();
@@ -174,13 +179,15 @@ impl Tierer {
             .buffer_unordered(self.config.concurrency.max(1))
             .collect()
             .await;
-        outcomes
-            .iter()
-            .fold(PassOutcome::default(), |a, o| PassOutcome {
-                uploaded: a.uploaded + o.uploaded,
-                expired: a.expired + o.expired,
-                failed: a.failed + o.failed,
-            })
+        let total = PassOutcome {
+            failed: load_failures,
+            ..PassOutcome::default()
+        };
+        outcomes.iter().fold(total, |a, o| PassOutcome {
+            uploaded: a.uploaded + o.uploaded,
+            expired: a.expired + o.expired,
+            failed: a.failed + o.failed,
+        })
     }
 
     fn due(&self, p: &Partition) -> bool {

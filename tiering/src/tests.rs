@@ -1,0 +1,641 @@
+#![allow(clippy::unwrap_used)]
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use bytes::{Bytes, BytesMut};
+use futures::stream::BoxStream;
+use futures::StreamExt;
+use kafka_protocol::protocol::StrBytes;
+use kafka_protocol::records::{
+    Compression, Record, RecordBatchDecoder, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
+};
+use object_store::memory::InMemory;
+use object_store::path::Path;
+use object_store::{
+    CopyOptions, GetOptions, GetResult, ListResult, MultipartUpload, ObjectMeta, ObjectStore,
+    ObjectStoreExt, PutMultipartOptions, PutOptions, PutPayload, PutResult,
+};
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use sediment_log::{batch, LogConfig, LogManager};
+
+use crate::convert::{self, FileIdentity};
+use crate::{Archive, ArchiveError, ArchiveRead, Manifest, Tierer, TieringConfig};
+
+fn record(offset: i64, ts: i64, producer: (i64, i16, i32)) -> Record {
+    let mut headers = indexmap::IndexMap::new();
+    if offset % 3 == 0 {
+        headers.insert(
+            StrBytes::from_static_str("trace"),
+            Some(Bytes::from(format!("t{offset}"))),
+        );
+        headers.insert(StrBytes::from_static_str("empty"), None);
+    }
+    Record {
+        transactional: false,
+        control: false,
+        delete_horizon: false,
+        partition_leader_epoch: 0,
+        producer_id: producer.0,
+        producer_epoch: producer.1,
+        timestamp_type: TimestampType::Creation,
+        offset,
+        sequence: if producer.2 < 0 {
+            -1
+        } else {
+            producer.2 + offset as i32
+        },
+        timestamp: ts,
+        key: (offset % 4 != 1).then(|| Bytes::from(format!("k{}", offset % 10))),
+        value: (offset % 7 != 3)
+            .then(|| Bytes::from(vec![b'a' + (offset % 26) as u8; (offset % 50) as usize])),
+        headers,
+    }
+}
+
+const LEADER_EPOCH: i32 = 3;
+
+fn batch_count(bytes: &[u8]) -> usize {
+    let mut at = 0;
+    let mut n = 0;
+    while at < bytes.len() {
+        at += batch::parse_header(&bytes[at..], 1 << 24).unwrap().size;
+        n += 1;
+    }
+    n
+}
+
+/// One batch with records `base..base+n`, as a producer would send it.
+fn encode(records: &[Record], compression: Compression) -> Vec<u8> {
+    let mut buf = BytesMut::new();
+    RecordBatchEncoder::encode(
+        &mut buf,
+        records,
+        &RecordEncodeOptions {
+            version: 2,
+            compression,
+        },
+    )
+    .unwrap();
+    buf.to_vec()
+}
+
+/// A segment's bytes: batches with the broker's base offsets written in.
+fn segment(batches: usize, per_batch: i64) -> (Vec<u8>, Vec<Record>) {
+    let codecs = [
+        Compression::None,
+        Compression::Gzip,
+        Compression::Snappy,
+        Compression::Lz4,
+        Compression::Zstd,
+    ];
+    let mut bytes = Vec::new();
+    let mut all = Vec::new();
+    for b in 0..batches {
+        let base = b as i64 * per_batch;
+        let producer = if b % 2 == 0 { (7, 1, 0) } else { (-1, -1, -1) };
+        let recs: Vec<Record> = (base..base + per_batch)
+            .map(|o| record(o, 1_700_000_000_000 + o * 3, producer))
+            .collect();
+        let enc = encode(&recs, codecs[b % codecs.len()]);
+        // The encoder may split records into several batches: stamp each
+        // as the broker would (base offsets are the records' own).
+        let mut at = 0;
+        while at < enc.len() {
+            let h = batch::parse_header(&enc[at..], 1 << 24).unwrap();
+            let mut one = enc[at..at + h.size].to_vec();
+            batch::assign(&mut one, h.base_offset, LEADER_EPOCH);
+            bytes.extend_from_slice(&one);
+            at += h.size;
+        }
+        all.extend(recs);
+    }
+    (bytes, all)
+}
+
+fn to_parquet(seg: &[u8]) -> (Vec<u8>, convert::Converted) {
+    let mut out = Vec::new();
+    let id = FileIdentity {
+        topic: "t",
+        topic_id: "id",
+        partition: 4,
+    };
+    let c = convert::segment_to_parquet(seg, &id, 1 << 24, &mut out).unwrap();
+    (out, c)
+}
+
+fn read_back(parquet: Vec<u8>) -> Vec<arrow_array::RecordBatch> {
+    ParquetRecordBatchReaderBuilder::try_new(Bytes::from(parquet))
+        .unwrap()
+        .build()
+        .unwrap()
+        .map(|b| b.unwrap())
+        .collect()
+}
+
+/// Every record of rebuilt batches, compared field by field with what the
+/// producer sent, and every rebuilt batch valid (CRC, counts).
+fn assert_same_records(rebuilt: &[u8], expected: &[Record], leader_epoch: i32) {
+    let mut at = 0;
+    while at < rebuilt.len() {
+        let h = batch::validate(&rebuilt[at..], 1 << 24).unwrap();
+        at += h.size;
+    }
+    let mut buf = Bytes::copy_from_slice(rebuilt);
+    let mut got = Vec::new();
+    while !buf.is_empty() {
+        got.extend(RecordBatchDecoder::decode(&mut buf).unwrap().records);
+    }
+    assert_eq!(got.len(), expected.len());
+    for (g, e) in got.iter().zip(expected) {
+        assert_eq!(
+            (g.offset, g.timestamp, &g.key, &g.value, &g.headers),
+            (e.offset, e.timestamp, &e.key, &e.value, &e.headers),
+            "record {}",
+            e.offset
+        );
+        assert_eq!(
+            (
+                g.producer_id,
+                g.producer_epoch,
+                g.sequence,
+                g.partition_leader_epoch
+            ),
+            (e.producer_id, e.producer_epoch, e.sequence, leader_epoch),
+            "producer fields of record {}",
+            e.offset
+        );
+    }
+}
+
+#[test]
+fn segment_round_trips_through_parquet_for_every_codec() {
+    let (seg, records) = segment(10, 25);
+    let (parquet, conv) = to_parquet(&seg);
+    assert_eq!(
+        (conv.base_offset, conv.next_offset, conv.rows),
+        (0, 250, 250)
+    );
+    assert_eq!(conv.segment_bytes, seg.len() as u64);
+    assert_eq!(conv.min_timestamp, 1_700_000_000_000);
+    let rows = read_back(parquet);
+    let rebuilt = convert::rebuild(&rows).unwrap();
+    assert_eq!(
+        rebuilt.batches.len(),
+        batch_count(&seg),
+        "one batch per original batch"
+    );
+    assert_same_records(&rebuilt.bytes, &records, LEADER_EPOCH);
+    // Slicing: whole batches from the one holding offset 60, within the
+    // budget, but always at least one.
+    let holder = rebuilt
+        .batches
+        .iter()
+        .position(|b| b.0 <= 60 && 60 < b.1)
+        .unwrap();
+    let part = rebuilt.slice_from(60, 1);
+    let mut b = part.clone();
+    let first = RecordBatchDecoder::decode(&mut b).unwrap();
+    assert_eq!(first.records[0].offset, rebuilt.batches[holder].0);
+    assert!(b.is_empty(), "more than one batch for a 1-byte budget");
+    let two = rebuilt.slice_from(60, 4096);
+    assert!(two.len() <= 4096 && two.len() > part.len());
+    assert!(rebuilt.slice_from(250, 1 << 20).is_empty());
+}
+
+#[test]
+fn row_groups_end_on_batch_boundaries() {
+    // 70 batches of 1000 records: more than one row group.
+    let (seg, records) = segment(70, 1000);
+    let (parquet, _) = to_parquet(&seg);
+    let meta = ParquetRecordBatchReaderBuilder::try_new(Bytes::from(parquet.clone()))
+        .unwrap()
+        .metadata()
+        .clone();
+    assert!(meta.num_row_groups() >= 2, "{}", meta.num_row_groups());
+    // Each row group rebuilt alone gives whole batches, and together they
+    // give back the segment's batches.
+    let mut batches = 0;
+    let mut rows = 0;
+    for rg in 0..meta.num_row_groups() {
+        let part: Vec<_> = ParquetRecordBatchReaderBuilder::try_new(Bytes::from(parquet.clone()))
+            .unwrap()
+            .with_row_groups(vec![rg])
+            .build()
+            .unwrap()
+            .map(|b| b.unwrap())
+            .collect();
+        let rebuilt = convert::rebuild(&part).unwrap();
+        batches += rebuilt.batches.len();
+        rows += part.iter().map(|b| b.num_rows()).sum::<usize>();
+    }
+    assert_eq!(batches, batch_count(&seg), "a row group split a batch");
+    assert_eq!(rows, 70_000);
+    let rebuilt = convert::rebuild(&read_back(parquet)).unwrap();
+    assert_same_records(&rebuilt.bytes, &records, LEADER_EPOCH);
+}
+
+#[test]
+fn corrupt_segments_are_refused_not_archived() {
+    let (mut seg, _) = segment(3, 10);
+    let len = seg.len();
+    seg[len - 5] ^= 0xff;
+    let id = FileIdentity {
+        topic: "t",
+        topic_id: "id",
+        partition: 0,
+    };
+    let e = convert::segment_to_parquet(&seg[..], &id, 1 << 24, Vec::new()).unwrap_err();
+    assert!(matches!(e, ArchiveError::Corrupt(_)), "{e}");
+    let e = convert::segment_to_parquet(&seg[..len - 3], &id, 1 << 24, Vec::new()).unwrap_err();
+    assert!(e.to_string().contains("inside"), "{e}");
+}
+
+/// An object store that fails on demand: everything, or only manifest
+/// writes (an upload that lands but whose commit does not).
+#[derive(Debug)]
+struct Faulty {
+    inner: InMemory,
+    down: AtomicBool,
+    manifests_down: AtomicBool,
+}
+
+impl fmt::Display for Faulty {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Faulty")
+    }
+}
+
+impl Faulty {
+    fn check(&self, path: Option<&Path>, write: bool) -> object_store::Result<()> {
+        let manifest = path.is_some_and(|p| p.as_ref().contains("/manifest/"));
+        if self.down.load(Ordering::SeqCst)
+            || (write && manifest && self.manifests_down.load(Ordering::SeqCst))
+        {
+            return Err(object_store::Error::Generic {
+                store: "Faulty",
+                source: "connection refused".into(),
+            });
+        }
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl ObjectStore for Faulty {
+    async fn put_opts(
+        &self,
+        location: &Path,
+        payload: PutPayload,
+        opts: PutOptions,
+    ) -> object_store::Result<PutResult> {
+        self.check(Some(location), true)?;
+        self.inner.put_opts(location, payload, opts).await
+    }
+
+    async fn put_multipart_opts(
+        &self,
+        location: &Path,
+        opts: PutMultipartOptions,
+    ) -> object_store::Result<Box<dyn MultipartUpload>> {
+        self.check(Some(location), true)?;
+        self.inner.put_multipart_opts(location, opts).await
+    }
+
+    async fn get_opts(
+        &self,
+        location: &Path,
+        options: GetOptions,
+    ) -> object_store::Result<GetResult> {
+        self.check(Some(location), false)?;
+        self.inner.get_opts(location, options).await
+    }
+
+    fn delete_stream(
+        &self,
+        locations: BoxStream<'static, object_store::Result<Path>>,
+    ) -> BoxStream<'static, object_store::Result<Path>> {
+        if self.down.load(Ordering::SeqCst) {
+            return futures::stream::once(async {
+                Err(object_store::Error::Generic {
+                    store: "Faulty",
+                    source: "connection refused".into(),
+                })
+            })
+            .boxed();
+        }
+        self.inner.delete_stream(locations)
+    }
+
+    fn list(&self, prefix: Option<&Path>) -> BoxStream<'static, object_store::Result<ObjectMeta>> {
+        if let Err(e) = self.check(None, false) {
+            return futures::stream::once(async { Err(e) }).boxed();
+        }
+        self.inner.list(prefix)
+    }
+
+    async fn list_with_delimiter(&self, prefix: Option<&Path>) -> object_store::Result<ListResult> {
+        self.check(None, false)?;
+        self.inner.list_with_delimiter(prefix).await
+    }
+
+    async fn copy_opts(
+        &self,
+        from: &Path,
+        to: &Path,
+        options: CopyOptions,
+    ) -> object_store::Result<()> {
+        self.check(Some(to), true)?;
+        self.inner.copy_opts(from, to, options).await
+    }
+}
+
+struct Fixture {
+    _dir: tempfile::TempDir,
+    data_dir: std::path::PathBuf,
+    store: Arc<Faulty>,
+    log: Arc<LogManager>,
+    archive: Arc<Archive>,
+    tierer: Arc<Tierer>,
+}
+
+fn fixture_with(store: Arc<Faulty>, dir: tempfile::TempDir) -> Fixture {
+    let data_dir = dir.path().to_path_buf();
+    let mut config = LogConfig::new(&data_dir);
+    config.tiering = true;
+    let log = LogManager::open(config).unwrap();
+    let archive = Arc::new(Archive::new(
+        store.clone(),
+        Path::from("arch"),
+        "memory://",
+        1 << 20,
+    ));
+    let tierer = Tierer::new(archive.clone(), log.clone(), TieringConfig::new(&data_dir)).unwrap();
+    Fixture {
+        _dir: dir,
+        data_dir,
+        store,
+        log,
+        archive,
+        tierer,
+    }
+}
+
+fn fixture() -> Fixture {
+    let store = Arc::new(Faulty {
+        inner: InMemory::new(),
+        down: AtomicBool::new(false),
+        manifests_down: AtomicBool::new(false),
+    });
+    fixture_with(store, tempfile::tempdir().unwrap())
+}
+
+/// Appends `batches` batches of 10 records, rolling after each so that
+/// every batch becomes a sealed segment; returns what was produced.
+fn produce(f: &Fixture, topic: &str, batches: usize) -> Vec<Record> {
+    let p = f.log.partition(topic, 0).unwrap();
+    let mut all = Vec::new();
+    for _ in 0..batches {
+        let base = p.log_end_offset();
+        let recs: Vec<Record> = (base..base + 10)
+            .map(|o| record(o, sediment_log::now_ms(), (-1, -1, -1)))
+            .collect();
+        p.append(&encode(&recs, Compression::None), sediment_log::now_ms())
+            .unwrap();
+        p.force_roll(sediment_log::now_ms()).unwrap();
+        p.flush().unwrap();
+        all.extend(recs);
+    }
+    all
+}
+
+fn create(f: &Fixture, topic: &str, configs: &[(&str, &str)]) {
+    let c: BTreeMap<String, String> = configs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    f.log.create_topic(topic, 1, c).unwrap();
+}
+
+/// Reads the whole partition through the archive (below the local start)
+/// and the local tier, as a consumer would.
+async fn consume_all(f: &Fixture, topic: &str) -> Vec<u8> {
+    let p = f.log.partition(topic, 0).unwrap();
+    let mut offset = p.earliest_offset().unwrap();
+    let mut out = Vec::new();
+    while offset < p.high_watermark() {
+        let chunk = if offset < p.log_start_offset() {
+            match f.archive.read(topic, 0, offset, 1 << 20).await.unwrap() {
+                ArchiveRead::Batches(b) => b,
+                ArchiveRead::NotArchived => panic!("offset {offset} is in neither tier"),
+            }
+        } else {
+            p.read(offset, 1 << 20, true).unwrap().records
+        };
+        let mut at = 0;
+        while at < chunk.len() {
+            let h = batch::parse_header(&chunk[at..], 1 << 24).unwrap();
+            offset = h.next_offset();
+            at += h.size;
+        }
+        out.extend_from_slice(&chunk);
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sealed_segments_are_archived_then_deleted_locally_and_still_consumable() {
+    let f = fixture();
+    create(&f, "t", &[("local.retention.bytes", "0")]);
+    let records = produce(&f, "t", 5);
+    let p = f.log.partition("t", 0).unwrap();
+    // Before tiering, nothing local may go.
+    f.log.enforce_retention();
+    assert_eq!(p.log_start_offset(), 0);
+    let o = f.tierer.pass().await;
+    assert_eq!((o.uploaded, o.failed), (5, 0));
+    let m = f.archive.manifest("t", 0).unwrap();
+    assert_eq!((m.start_offset, m.end_offset, m.files.len()), (0, 50, 5));
+    assert_eq!(p.archive().unwrap().end_offset, 50);
+    f.log.enforce_retention();
+    assert_eq!(p.log_start_offset(), 50, "archived segments leave the disk");
+    assert_eq!(p.earliest_offset().unwrap(), 0);
+    assert_same_records(&consume_all(&f, "t").await, &records, 0);
+    // A second pass with nothing new commits nothing.
+    assert_eq!(f.tierer.pass().await.uploaded, 0);
+    assert_eq!(f.archive.manifest("t", 0).unwrap().generation, m.generation);
+    // Nothing staged is left behind.
+    let staged = std::fs::read_dir(crate::staging_dir(&f.data_dir))
+        .unwrap()
+        .count();
+    assert_eq!(staged, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_store_keeps_local_segments_and_the_backlog_drains_later() {
+    let f = fixture();
+    create(&f, "t", &[("local.retention.bytes", "0")]);
+    f.store.down.store(true, Ordering::SeqCst);
+    let records = produce(&f, "t", 3);
+    let p = f.log.partition("t", 0).unwrap();
+    let o = f.tierer.pass().await;
+    assert_eq!((o.uploaded, o.failed), (0, 1));
+    f.log.enforce_retention();
+    assert_eq!(
+        p.log_start_offset(),
+        0,
+        "nothing deleted while the store is down"
+    );
+    // Produce goes on meanwhile.
+    let more = produce(&f, "t", 2);
+    f.store.down.store(false, Ordering::SeqCst);
+    // The partition backs off; a fresh tierer (as after a restart) retries at once.
+    let t2 = Tierer::new(
+        f.archive.clone(),
+        f.log.clone(),
+        TieringConfig::new(&f.data_dir),
+    )
+    .unwrap();
+    let o = t2.pass().await;
+    assert_eq!((o.uploaded, o.failed), (5, 0));
+    f.log.enforce_retention();
+    assert_eq!(p.log_start_offset(), 50);
+    let all: Vec<Record> = records.into_iter().chain(more).collect();
+    assert_same_records(&consume_all(&f, "t").await, &all, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upload_whose_commit_failed_is_redone_once_after_a_restart() {
+    let f = fixture();
+    create(&f, "t", &[("local.retention.bytes", "0")]);
+    let records = produce(&f, "t", 2);
+    f.store.manifests_down.store(true, Ordering::SeqCst);
+    let o = f.tierer.pass().await;
+    assert_eq!(o.failed, 1);
+    // The data file landed, the manifest did not: nothing is archived.
+    let data = Path::from("arch/topics/t/0/data");
+    let listed: Vec<_> = f.store.inner.list(Some(&data)).collect().await;
+    assert_eq!(listed.len(), 1, "the uploaded but uncommitted file");
+    f.log.enforce_retention();
+    let p = f.log.partition("t", 0).unwrap();
+    assert_eq!(p.log_start_offset(), 0);
+    // "Restart": a new archive and tierer over the same store and log.
+    f.store.manifests_down.store(false, Ordering::SeqCst);
+    let archive = Arc::new(Archive::new(
+        f.store.clone(),
+        Path::from("arch"),
+        "memory://",
+        1 << 20,
+    ));
+    let t2 = Tierer::new(
+        archive.clone(),
+        f.log.clone(),
+        TieringConfig::new(&f.data_dir),
+    )
+    .unwrap();
+    assert_eq!(t2.pass().await.uploaded, 2);
+    let m = archive.manifest("t", 0).unwrap();
+    assert_eq!((m.start_offset, m.end_offset, m.files.len()), (0, 20, 2));
+    let listed: Vec<_> = f.store.inner.list(Some(&data)).collect().await;
+    assert_eq!(listed.len(), 2, "each segment stored once");
+    f.log.enforce_retention();
+    let f2 = Fixture {
+        archive,
+        tierer: t2,
+        ..f
+    };
+    assert_same_records(&consume_all(&f2, "t").await, &records, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_writer_cannot_commit_the_same_generation() {
+    let f = fixture();
+    create(&f, "t", &[]);
+    produce(&f, "t", 1);
+    f.tierer.pass().await;
+    let m = f.archive.manifest("t", 0).unwrap();
+    // Another writer's generation N+1 differs from ours: refused.
+    let mut theirs = (*m).clone();
+    theirs.generation += 1;
+    theirs.committed_ms = 1;
+    f.archive.commit_manifest(theirs.clone()).await.unwrap();
+    let mut ours = (*m).clone();
+    ours.generation += 1;
+    ours.committed_ms = 2;
+    let e = f.archive.commit_manifest(ours).await.unwrap_err();
+    assert!(matches!(e, ArchiveError::Conflict { .. }), "{e}");
+    // Our own commit repeated (a lost response) is recognised as done.
+    f.archive.commit_manifest(theirs).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn archive_retention_commits_first_then_deletes() {
+    let f = fixture();
+    create(
+        &f,
+        "t",
+        &[("retention.bytes", "0"), ("local.retention.bytes", "0")],
+    );
+    produce(&f, "t", 3);
+    let o = f.tierer.pass().await;
+    assert_eq!(o.uploaded, 3);
+    // retention.bytes=0: every archived file beyond the limit goes; the
+    // manifest keeps the end offset so the log stays contiguous.
+    let m = f.archive.manifest("t", 0).unwrap();
+    assert!(m.files.is_empty(), "{m:?}");
+    assert_eq!((m.start_offset, m.end_offset), (30, 30));
+    let listed: Vec<_> = f
+        .store
+        .inner
+        .list(Some(&Path::from("arch/topics/t/0/data")))
+        .collect()
+        .await;
+    assert!(listed.is_empty());
+    f.log.enforce_retention();
+    let p = f.log.partition("t", 0).unwrap();
+    assert_eq!(p.earliest_offset().unwrap(), 30);
+    assert!(matches!(
+        f.archive.read("t", 0, 5, 1 << 20).await.unwrap(),
+        ArchiveRead::NotArchived
+    ));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_archive_file_is_an_error_not_a_gap() {
+    let f = fixture();
+    create(&f, "t", &[("local.retention.bytes", "0")]);
+    produce(&f, "t", 2);
+    f.tierer.pass().await;
+    f.store
+        .inner
+        .delete(&Path::from(
+            "arch/topics/t/0/data/00000000000000000000.parquet",
+        ))
+        .await
+        .unwrap();
+    assert!(f.archive.read("t", 0, 3, 1 << 20).await.is_err());
+    assert!(matches!(
+        f.archive.read("t", 0, 12, 1 << 20).await.unwrap(),
+        ArchiveRead::Batches(_)
+    ));
+    assert_eq!(f.archive.metrics.read_errors.load(Ordering::Relaxed), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_recreated_topic_does_not_inherit_the_old_archive() {
+    let f = fixture();
+    create(&f, "t", &[]);
+    produce(&f, "t", 2);
+    f.tierer.pass().await;
+    f.log.delete_topic("t").unwrap();
+    create(&f, "t", &[]);
+    produce(&f, "t", 1);
+    f.tierer.pass().await;
+    let m = f.archive.manifest("t", 0).unwrap();
+    assert_eq!(m.topic_id, f.log.topic("t").unwrap().meta.id);
+    assert_eq!((m.start_offset, m.end_offset, m.files.len()), (0, 10, 1));
+    let _: &Manifest = &m;
+}
