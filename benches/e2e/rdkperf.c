@@ -10,7 +10,12 @@
  *             round-robin, no keys), acks=all, idempotent; counts delivery
  *             reports; optional --rate R (records/s, paced in --slice-us slices)
  *             and --seconds T.  Prints {records, bytes, seconds, errors, ...};
- *             seconds = first produce() to last delivery report.
+ *             seconds = first produce() to last delivery report.  Values
+ *             (--payload): `same` (default) = one buffer of S rand() bytes
+ *             reused by every record; `random` = each record its own slice of
+ *             a 64 MiB pool of pseudo-random bytes (incompressible); `text` =
+ *             the same from a pool of words (3-9 lowercase letters drawn from a
+ *             1,024-word vocabulary, space-separated: log-like, compressible).
  *   consume   assign every partition of -t from the beginning (no group join),
  *             count records until -n reached or --idle-seconds without data.
  *             Payloads are neither copied nor printed.  Prints {records, bytes,
@@ -82,7 +87,7 @@ static void die(const char *fmt, ...) {
 
 #define MAX_X 64
 static struct {
-    const char *mode, *brokers, *topic, *warmup_topic, *from;
+    const char *mode, *brokers, *topic, *warmup_topic, *from, *payload;
     long long count;
     int size;
     double linger_ms, rate, seconds, warmup, drain, idle, max_seconds;
@@ -92,7 +97,7 @@ static struct {
     int nx;
     const char *parts; /* comma list of partitions, NULL = all */
 } o = {
-    .brokers = "127.0.0.1:9092", .from = "end", .count = 0, .size = 100, .linger_ms = -1,
+    .brokers = "127.0.0.1:9092", .from = "end", .payload = "same", .count = 0, .size = 100, .linger_ms = -1,
     .rate = 0, .seconds = 0, .warmup = 2, .drain = 3, .idle = 3, .max_seconds = 120,
     .batch_size = 1000000, .slice_us = 1000, .fetch_wait_ms = -1,
 };
@@ -106,6 +111,7 @@ static void usage(void) {
             "  -p P1,P2,..     produce/consume: only these partitions (default all)\n"
             "  --linger-ms MS  producer linger.ms (produce default 10, latency default 1)\n"
             "  --batch-size B  producer batch.size (default 1000000)\n"
+            "  --payload same|random|text  produce: record values (default same: one buffer for all)\n"
             "  --rate R        records/s (produce: optional pacing; latency: required)\n"
             "  --seconds T     produce: stop after T s; latency: measured window\n"
             "  --warmup W      latency: unmeasured paced seconds before the window (default 2)\n"
@@ -122,13 +128,13 @@ static void usage(void) {
 
 static void parse(int argc, char **argv) {
     enum { O_LINGER = 256, O_BATCH, O_RATE, O_SECONDS, O_WARMUP, O_DRAIN, O_FROM, O_IDLE, O_FWAIT,
-           O_SLICE, O_WTOPIC, O_GO, O_MAX };
+           O_SLICE, O_WTOPIC, O_GO, O_MAX, O_PAYLOAD };
     static struct option lo[] = {
         {"linger-ms", 1, 0, O_LINGER}, {"batch-size", 1, 0, O_BATCH}, {"rate", 1, 0, O_RATE},
         {"seconds", 1, 0, O_SECONDS}, {"warmup", 1, 0, O_WARMUP}, {"drain", 1, 0, O_DRAIN},
         {"from", 1, 0, O_FROM}, {"idle-seconds", 1, 0, O_IDLE}, {"fetch-wait-ms", 1, 0, O_FWAIT},
         {"slice-us", 1, 0, O_SLICE}, {"warmup-topic", 1, 0, O_WTOPIC}, {"wait-go", 0, 0, O_GO},
-        {"max-seconds", 1, 0, O_MAX}, {0, 0, 0, 0}};
+        {"max-seconds", 1, 0, O_MAX}, {"payload", 1, 0, O_PAYLOAD}, {0, 0, 0, 0}};
     if (argc < 2) usage();
     o.mode = argv[1];
     optind = 2;
@@ -161,10 +167,13 @@ static void parse(int argc, char **argv) {
         case O_WTOPIC: o.warmup_topic = optarg; break;
         case O_GO: o.wait_go = 1; break;
         case O_MAX: o.max_seconds = atof(optarg); break;
+        case O_PAYLOAD: o.payload = optarg; break;
         default: usage();
         }
     }
     if (o.slice_us < 10) o.slice_us = 10;
+    if (strcmp(o.payload, "same") && strcmp(o.payload, "random") && strcmp(o.payload, "text"))
+        die("--payload must be same, random or text");
 }
 
 /* ------------------------------------------------------------------------ */
@@ -313,6 +322,59 @@ static void warm_producer(rd_kafka_t *rk) {
     rd_kafka_flush(rk, 30000);
 }
 
+/* xorshift64*: cheap pseudo-random bytes for the payload pools */
+static uint64_t xs_state;
+static uint64_t xs_next(void) {
+    xs_state ^= xs_state >> 12;
+    xs_state ^= xs_state << 25;
+    xs_state ^= xs_state >> 27;
+    return xs_state * 0x2545F4914F6CDD1DULL;
+}
+
+/* The record values (--payload).  `same`: one buffer of o.size rand() bytes
+ * that every record points at (*pool_len = 0).  `random` / `text`: a pool of
+ * 64 MiB + o.size bytes that records walk through slice by slice, so values
+ * differ and nothing repeats within 64 MiB; seeded per process, so that
+ * concurrent producers send different bytes. */
+static char *make_payload(size_t *pool_len) {
+    size_t size = o.size > 0 ? (size_t)o.size : 1;
+    if (!strcmp(o.payload, "same")) {
+        char *b = malloc(size);
+        for (size_t i = 0; i < size; i++) b[i] = (char)(rand() & 0xff);
+        *pool_len = 0;
+        return b;
+    }
+    size_t n = ((size_t)64 << 20) + size;
+    char *b = malloc(n + 16);
+    if (!b) die("out of memory for the payload pool");
+    xs_state = 0x9E3779B97F4A7C15ULL ^ ((uint64_t)getpid() << 32) ^ (uint64_t)now_ns();
+    if (!xs_state) xs_state = 1;
+    if (!strcmp(o.payload, "random")) {
+        for (size_t i = 0; i < n; i += 8) {
+            uint64_t r = xs_next();
+            memcpy(b + i, &r, 8);
+        }
+    } else { /* text */
+        static char vocab[1024][10];
+        uint64_t v = 0x1234567ULL; /* the vocabulary is the same in every process */
+        for (int w = 0; w < 1024; w++) {
+            v ^= v >> 12; v ^= v << 25; v ^= v >> 27;
+            uint64_t r = v * 0x2545F4914F6CDD1DULL;
+            int len = 3 + (int)(r % 7);
+            for (int k = 0; k < len; k++) vocab[w][k] = (char)('a' + (r >> (8 + 5 * k)) % 26);
+            vocab[w][len] = '\0';
+        }
+        size_t i = 0;
+        while (i < n) {
+            const char *w = vocab[xs_next() % 1024];
+            while (*w && i < n) b[i++] = *w++;
+            if (i < n) b[i++] = ' ';
+        }
+    }
+    *pool_len = n;
+    return b;
+}
+
 static int mode_produce(void) {
     if (!o.topic || (o.count <= 0 && !(o.rate > 0 && o.seconds > 0))) die("produce needs -t and -n (or --rate and --seconds)");
     if (o.count <= 0) o.count = (long long)(o.rate * o.seconds);
@@ -328,8 +390,8 @@ static int mode_produce(void) {
     atomic_store(&P.err, 0);
     P.first_err[0] = '\0';
 
-    char *payload = malloc(o.size > 0 ? o.size : 1);
-    for (int i = 0; i < o.size; i++) payload[i] = (char)(rand() & 0xff);
+    size_t pool_len = 0, pool_off = 0;
+    char *payload = make_payload(&pool_len);
 
     wait_go();
     double cpu0 = cpu_s();
@@ -357,7 +419,13 @@ static int mode_produce(void) {
         if (chunk > 10000) chunk = 10000;
         for (long long i = 0; i < chunk; i++) {
             /* no copy: the payload buffer outlives every record */
-            while (rd_kafka_produce(rkt, pl[pi], 0, payload, (size_t)o.size, NULL, 0, NULL) == -1) {
+            char *val = payload;
+            if (pool_len) { /* random/text: the next slice of the pool */
+                val = payload + pool_off;
+                pool_off += (size_t)o.size;
+                if (pool_off + (size_t)o.size > pool_len) pool_off = 0;
+            }
+            while (rd_kafka_produce(rkt, pl[pi], 0, val, (size_t)o.size, NULL, 0, NULL) == -1) {
                 rd_kafka_resp_err_t e = rd_kafka_last_error();
                 if (e != RD_KAFKA_RESP_ERR__QUEUE_FULL) die("produce: %s", rd_kafka_err2str(e));
                 rd_kafka_poll(rk, 1);
@@ -379,9 +447,9 @@ static int mode_produce(void) {
     printf("{\"mode\": \"produce\", \"records\": %lld, \"bytes\": %lld, \"seconds\": %.6f, \"errors\": %lld, "
            "\"sent\": %lld, \"unflushed\": %d, \"truncated\": %s, \"partitions\": %d, "
            "\"t_start_ns\": %" PRId64 ", \"t_end_ns\": %" PRId64 ", \"cpu_s\": %.3f, \"first_error\": \"%s\", "
-           "\"librdkafka\": \"%s\"}\n",
+           "\"payload\": \"%s\", \"librdkafka\": \"%s\"}\n",
            ok, ok * o.size, (t_end - t0) / 1e9, err + unflushed, sent, unflushed, truncated ? "true" : "false",
-           np, t0, t_end, cpu_s() - cpu0, esc, rd_kafka_version_str());
+           np, t0, t_end, cpu_s() - cpu0, esc, o.payload, rd_kafka_version_str());
     fflush(stdout);
     rd_kafka_topic_destroy(rkt);
     rd_kafka_destroy(rk);

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from typing import Optional
+from typing import Callable, Optional
 
 from confluent_kafka import (OFFSET_BEGINNING, Consumer, KafkaError, KafkaException,
                              Producer, TopicPartition)
@@ -162,14 +162,16 @@ def watermarks(bootstrap: str, topic: str, partition: int) -> tuple[int, int]:
         c.close()
 
 
-def wait_until(pred, timeout: float, interval: float = 0.1, what: str = "condition"):
+def wait_for(pred: Callable, timeout: float, what: str,
+             status: Callable[[], str] = lambda: "", interval: float = 0.1):
+    """Poll `pred` until it returns something true; on timeout say what was last seen."""
     deadline = time.monotonic() + timeout
     while True:
         v = pred()
         if v:
             return v
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}; {status()}")
         time.sleep(interval)
 
 

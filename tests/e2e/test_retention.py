@@ -7,7 +7,7 @@ import time
 import pytest
 
 from helpers import (consume_partition, consume_to_end, consumer, create_topic, flush_all,
-                     producer, unique, wait_until, watermarks)
+                     producer, unique, wait_for, watermarks)
 from confluent_kafka import OFFSET_BEGINNING, TopicPartition
 
 RETENTION_FLAGS = ("--retention-check-interval-ms", "200")
@@ -37,8 +37,8 @@ def test_retention_bytes_deletes_oldest_segments_and_advances_log_start(retentio
     _produce_batches(b.bootstrap, topic, values)
     hi = 200
 
-    lo = wait_until(lambda: watermarks(b.bootstrap, topic, 0)[0] or None, 15,
-                    what="the log start offset to advance")
+    lo = wait_for(lambda: watermarks(b.bootstrap, topic, 0)[0] or None, 15,
+                  "the log start offset to advance")
     # let retention settle, then check its bound
     time.sleep(1.0)
     lo, hi2 = watermarks(b.bootstrap, topic, 0)
@@ -83,8 +83,8 @@ def test_retention_ms_deletes_segments_whose_records_are_all_old(retention_broke
     _produce_batches(b.bootstrap, topic, old, timestamp=old_ts)
     _produce_batches(b.bootstrap, topic, new)
 
-    wait_until(lambda: watermarks(b.bootstrap, topic, 0)[0] > 0, 15,
-               what="old segments to be deleted")
+    wait_for(lambda: watermarks(b.bootstrap, topic, 0)[0] > 0, 15,
+             "old segments to be deleted")
     time.sleep(1.0)
     lo, hi = watermarks(b.bootstrap, topic, 0)
     assert hi == 100
@@ -109,7 +109,7 @@ def test_log_start_offset_survives_restart(retention_broker):
     create_topic(b.bootstrap, topic, partitions=1,
                  config={"segment.bytes": "2048", "retention.bytes": "4096"})
     _produce_batches(b.bootstrap, topic, [b"%03d" % i + b"r" * 250 for i in range(80)])
-    wait_until(lambda: watermarks(b.bootstrap, topic, 0)[0] > 0, 15, what="retention")
+    wait_for(lambda: watermarks(b.bootstrap, topic, 0)[0] > 0, 15, "retention")
     time.sleep(1.0)
     lo, hi = watermarks(b.bootstrap, topic, 0)
     b.restart(clean=False)

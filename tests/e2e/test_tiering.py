@@ -42,7 +42,8 @@ from confluent_kafka import OFFSET_BEGINNING, TIMESTAMP_CREATE_TIME, TopicPartit
 import kafka_raw
 from conftest import free_port
 from helpers import (consume_partition, consume_to_end, consumer, create_topic, flush_all,
-                     local_segments, partition_dir, producer, topic_configs, unique, watermarks)
+                     local_segments, partition_dir, producer, topic_configs, unique, wait_for,
+                     watermarks)
 
 TIER_FLAGS = ("--tiering-interval-ms", "200", "--retention-check-interval-ms", "200")
 SEGMENT_BYTES = "4096"
@@ -58,19 +59,6 @@ LATEST, EARLIEST, EARLIEST_LOCAL, LATEST_TIERED = -1, -2, -4, -5
 
 def now_ms() -> int:
     return int(time.time() * 1000)
-
-
-def wait_for(pred: Callable, timeout: float, what: str,
-             status: Callable[[], str] = lambda: "", interval: float = 0.1):
-    """Poll `pred` until it returns something true; on timeout say what was last seen."""
-    deadline = time.monotonic() + timeout
-    while True:
-        v = pred()
-        if v:
-            return v
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}; {status()}")
-        time.sleep(interval)
 
 
 # --- records with known contents ------------------------------------------------------

@@ -41,7 +41,9 @@ pub struct TieringConfig {
     pub interval: Duration,
     /// Where converted files wait for upload (emptied at start).
     pub staging_dir: PathBuf,
-    /// Partitions converted and uploaded at once.
+    /// Partitions converted and uploaded at once. Conversion takes a
+    /// core while it runs, so the default leaves the other cores to
+    /// produce and fetch: half the cores, at least one.
     pub concurrency: usize,
     /// Longest wait before retrying a partition whose tiering failed.
     pub max_backoff: Duration,
@@ -52,7 +54,9 @@ impl TieringConfig {
         TieringConfig {
             interval: Duration::from_secs(1),
             staging_dir: crate::staging_dir(data_dir),
-            concurrency: 2,
+            concurrency: std::thread::available_parallelism()
+                .map_or(1, |n| n.get() / 2)
+                .max(1),
             max_backoff: Duration::from_secs(60),
         }
     }
