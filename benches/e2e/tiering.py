@@ -331,6 +331,7 @@ def drain_kind(a, size: int, payload: str) -> dict:
                 f"{d['parquet_over_raw']:.3f}; local down to the active segment after "
                 f"{(t_local - t_spawn) if t_local else float('nan'):.2f}s")
         res["drain_samples"] = samples[:: max(1, len(samples) // 200)]
+        res["peak_rss_mb_after_drain"] = b.peak_rss_mb()
         # -- catch-up: archived first, then hot
         for key, topic in (("consume_archived", arch), ("consume_hot", hot)):
             wm = bench.watermarks(b.bootstrap, topic, a.partitions)
@@ -341,6 +342,7 @@ def drain_kind(a, size: int, payload: str) -> dict:
             r["watermarks"] = wm
             r["archived_records"] = sum(min(local_start.get(p, 0), hi) - lo for p, (lo, hi) in enumerate(wm))
             r["archived_fraction"] = r["archived_records"] / total if total else 0.0
+            r["broker_peak_rss_mb_after"] = b.peak_rss_mb()
             res[key] = r
         ca, ch = res["consume_archived"], res["consume_hot"]
         res["archived_over_hot"] = ca["records_per_s"] / ch["records_per_s"] if ch["records_per_s"] else None
@@ -515,7 +517,9 @@ def markdown(res: dict, a) -> str:
                 f"rest; segment bytes / payload bytes {d['segment_over_payload']:.3f}; catch-up broker CPU-s "
                 f"archived {k.get('consume_archived', {}).get('broker_cpu_s') or 0:.2f} vs hot "
                 f"{k.get('consume_hot', {}).get('broker_cpu_s') or 0:.2f}; broker peak RSS "
-                f"{k.get('peak_rss_mb') or 0:,.0f} MB")
+                f"{k.get('peak_rss_mb_after_drain') or 0:,.0f} MB after the drain, "
+                f"{k.get('consume_archived', {}).get('broker_peak_rss_mb_after') or 0:,.0f} MB after the archived "
+                f"read, {k.get('peak_rss_mb') or 0:,.0f} MB after the hot read")
     if notes:
         lines += ["", "Where the drain goes:", *notes]
     p = res.get("produce", {})
@@ -525,17 +529,22 @@ def markdown(res: dict, a) -> str:
                   f"{a.producers} rdkperf producers, acks=all, idempotent, linger.ms={a.linger_ms:g}, "
                   f"{a.partitions} partitions, segment.bytes={a.produce_segment_bytes}; tiering on = "
                   f"remote.storage.enable=true + local.retention.bytes=0 with --tiering-interval-ms 100; "
-                  f"{a.produce_repeats} run(s) each, alternating order, mean shown; broker cores = broker "
-                  f"CPU-s / produce wall time.",
+                  f"{a.produce_repeats} run(s) each, alternating order, mean shown; drop = 1 - on / off; "
+                  f"broker cores = broker CPU-s / produce wall time; uploaded = segment bytes uploaded "
+                  f"while the producers ran, of all the run's sealed segments.",
                   "",
                   "| record | tiering off rec/s (MB/s) | broker cores | tiering on rec/s (MB/s) | broker cores "
-                  "| drop | uploaded during produce | tiering done after last ack |",
-                  "|---|---|---|---|---|---|---|---|"]
+                  "| drop | every run in order, rec/s | segments uploaded during produce | tiering done after "
+                  "last ack |",
+                  "|---|---|---|---|---|---|---|---|---|"]
         for size, row in p["summary"].items():
             on, off = row.get("on"), row.get("off")
             ons = [r for r in p["runs"] if r["record_bytes"] == int(size) and r["tiering"] == "on"]
             up = (f"{statistics.mean(r['uploaded_during_produce']['segment_bytes'] for r in ons) / MB:,.0f} of "
-                  f"{statistics.mean(r['acked'] * int(size) for r in ons) / MB:,.0f} MB payload" if ons else "")
+                  f"{statistics.mean(r['uploaded_total']['segment_bytes'] for r in ons) / MB:,.0f} MB"
+                  if ons and all("uploaded_total" in r for r in ons) else "")
+            seq = ", ".join(f"{r['tiering']} {r['records_per_s'] / 1000:,.0f}k" for r in p["runs"]
+                            if r["record_bytes"] == int(size))
             cu = f"{statistics.mean(r.get('catch_up_s', 0) for r in ons):.1f} s" if ons else ""
 
             def cell(x):
@@ -543,7 +552,8 @@ def markdown(res: dict, a) -> str:
 
             lines.append(f"| {size_label(int(size))} | {cell(off)} | {off['broker_cores']:.2f} | {cell(on)} "
                          f"| {on['broker_cores']:.2f} | {row.get('drop', float('nan')) * 100:+.1f}% "
-                         f"| {up} | {cu} |" if on and off else f"| {size} | {cell(off)} | | {cell(on)} | | | | |")
+                         f"| {seq} | {up} | {cu} |" if on and off else
+                         f"| {size} | {cell(off)} | | {cell(on)} | | | {seq} | | |")
     lines += ["", "Targets:"]
     for k in res["drain"]:
         if k.get("archived_over_hot") is not None:
