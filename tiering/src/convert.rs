@@ -31,10 +31,11 @@ use sediment_log::records;
 use crate::ArchiveError;
 
 /// Rows per row group (ended at the next batch boundary): small enough that
-/// a consumer's fetch reads and rebuilds little more than it needs.
-pub const ROWS_PER_GROUP: usize = 64 * 1024;
+/// a consumer's fetch reads and rebuilds little more than it needs, and
+/// that rebuilding one bounds the memory a cold read takes.
+pub const ROWS_PER_GROUP: usize = 32 * 1024;
 /// Raw record bytes per row group, whichever comes first.
-pub const BYTES_PER_GROUP: usize = 32 << 20;
+pub const BYTES_PER_GROUP: usize = 8 << 20;
 
 /// The archive's schema, version 1. Column order is part of the format.
 pub fn schema() -> SchemaRef {
@@ -72,10 +73,20 @@ fn header_fields() -> Fields {
     ])
 }
 
-/// Writer settings: zstd, statistics on every column (offset and timestamp
-/// ranges prune row groups and pages), delta encoding for the sorted
-/// integer columns, dictionaries only where values repeat.
+/// Writer settings: zstd; page-level statistics on the columns queries
+/// filter on (partition, offset, timestamp, key: they prune row groups and
+/// pages), chunk-level on the small fixed-width ones, none on values and
+/// headers (min/max of payloads prunes nothing and costs a comparison per
+/// row); delta encoding for the sorted integer columns; dictionaries only
+/// where values repeat.
 pub fn writer_properties(kv: Vec<parquet::file::metadata::KeyValue>) -> WriterProperties {
+    let page_stats = ["partition", "offset", "timestamp", "key"];
+    let no_stats: [&[&str]; 4] = [
+        &["value"],
+        &["headers", "list", "element", "key"],
+        &["headers", "list", "element", "value"],
+        &["batch_offset"],
+    ];
     let delta = ["offset", "timestamp", "batch_offset", "sequence"];
     let dict = [
         "partition",
@@ -87,7 +98,7 @@ pub fn writer_properties(kv: Vec<parquet::file::metadata::KeyValue>) -> WriterPr
     ];
     let mut b = WriterProperties::builder()
         .set_compression(Compression::ZSTD(ZstdLevel::default()))
-        .set_statistics_enabled(EnabledStatistics::Page)
+        .set_statistics_enabled(EnabledStatistics::Chunk)
         .set_max_row_group_row_count(None)
         .set_dictionary_enabled(false)
         .set_sorting_columns(Some(vec![SortingColumn {
@@ -101,6 +112,13 @@ pub fn writer_properties(kv: Vec<parquet::file::metadata::KeyValue>) -> WriterPr
     }
     for c in dict {
         b = b.set_column_dictionary_enabled(ColumnPath::from(c), true);
+    }
+    for c in page_stats {
+        b = b.set_column_statistics_enabled(ColumnPath::from(c), EnabledStatistics::Page);
+    }
+    for c in no_stats {
+        let path = ColumnPath::new(c.iter().map(|p| p.to_string()).collect());
+        b = b.set_column_statistics_enabled(path, EnabledStatistics::None);
     }
     b.build()
 }
@@ -403,9 +421,9 @@ pub fn rebuild(batches: &[RecordBatch]) -> Result<Rebuilt, ArchiveError> {
             .ok_or_else(|| ArchiveError::Corrupt("headers are not a list of structs".into()))?;
         let binary = |i: usize, what: &str| {
             hstruct
-                .column(i)
-                .as_any()
-                .downcast_ref::<BinaryArray>()
+                .columns()
+                .get(i)
+                .and_then(|c| c.as_any().downcast_ref::<BinaryArray>())
                 .ok_or_else(|| ArchiveError::Corrupt(format!("header {what}s are not binary")))
         };
         let (hkeys, hvalues) = (binary(0, "key")?, binary(1, "value")?);

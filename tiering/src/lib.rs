@@ -77,9 +77,11 @@ pub struct ArchiveMetrics {
 pub struct Archive {
     store: Arc<dyn ObjectStore>,
     root: Path,
+    /// The directory, when the store is a local one.
+    local_root: Option<PathBuf>,
     url: String,
     manifests: RwLock<HashMap<(String, i32), Arc<Manifest>>>,
-    cache: reader::RebuiltCache,
+    cache: Arc<reader::RebuiltCache>,
     pub metrics: ArchiveMetrics,
 }
 
@@ -96,17 +98,20 @@ impl Archive {
         Archive {
             store,
             root,
+            local_root: None,
             url: url.to_string(),
             manifests: RwLock::new(HashMap::new()),
-            cache: reader::RebuiltCache::new(cache_bytes),
+            cache: Arc::new(reader::RebuiltCache::new(cache_bytes)),
             metrics: ArchiveMetrics::default(),
         }
     }
 
     /// Opens the archive named by `url` (`file:///dir` or `s3://bucket/prefix`).
     pub fn open(url: &str, cache_bytes: usize) -> Result<Arc<Self>, ArchiveError> {
-        let (store, root) = open_store(url)?;
-        Ok(Arc::new(Archive::new(store, root, url, cache_bytes)))
+        let (store, root, local_root) = store::open_store_at(url)?;
+        let mut archive = Archive::new(store, root, url, cache_bytes);
+        archive.local_root = local_root;
+        Ok(Arc::new(archive))
     }
 
     pub fn url(&self) -> &str {

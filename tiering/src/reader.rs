@@ -2,12 +2,15 @@
 //! file's row-group statistics name the row group, and the row group is
 //! rebuilt into Kafka batches once and cached, so a consumer catching up
 //! through archived offsets reads each row group from the store once.
+//! Concurrent reads of one row group share one load, and a read starts
+//! loading the next row group in the background (read-ahead), so a
+//! sequential consumer rarely waits for the store or the rebuild.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use futures::future::BoxFuture;
+use futures::future::{BoxFuture, Shared};
 use futures::FutureExt;
 use futures::TryStreamExt;
 use object_store::path::Path;
@@ -28,6 +31,8 @@ use crate::{inc, Archive, ArchiveError};
 const FOOTERS_KEPT: usize = 256;
 
 type Key = (String, usize);
+/// A row group being fetched and rebuilt, awaited by every reader of it.
+type Loading = Shared<BoxFuture<'static, Result<Arc<Rebuilt>, String>>>;
 
 /// Rebuilt row groups within a byte budget, least recently used dropped
 /// first; and the footers of recently read files.
@@ -42,6 +47,7 @@ struct CacheInner {
     used: usize,
     groups: HashMap<Key, (Arc<Rebuilt>, u64)>,
     footers: HashMap<String, (ArrowReaderMetadata, u64)>,
+    loading: HashMap<Key, Loading>,
 }
 
 impl RebuiltCache {
@@ -54,6 +60,11 @@ impl RebuiltCache {
 
     pub(crate) fn used_bytes(&self) -> usize {
         self.inner.lock().used
+    }
+
+    fn is_present(&self, key: &Key) -> bool {
+        let inner = self.inner.lock();
+        inner.groups.contains_key(key) || inner.loading.contains_key(key)
     }
 
     fn get(&self, key: &Key) -> Option<Arc<Rebuilt>> {
@@ -151,7 +162,7 @@ impl Archive {
     /// Reads whole batches starting at the batch that holds `offset`, up to
     /// `max_bytes` (at least one batch), rebuilt from the archive.
     pub async fn read(
-        &self,
+        self: &Arc<Self>,
         topic: &str,
         partition: i32,
         offset: i64,
@@ -181,7 +192,7 @@ impl Archive {
     }
 
     async fn read_file(
-        &self,
+        self: &Arc<Self>,
         topic: &str,
         partition: i32,
         file: &ArchiveFile,
@@ -189,78 +200,173 @@ impl Archive {
         max_bytes: usize,
     ) -> Result<Bytes, ArchiveError> {
         let path = self.file_path(topic, partition, file);
-        let reader = FileReader {
-            store: self.store.clone(),
-            path: path.clone(),
-            size: file.bytes,
-        };
-        let meta = match self.cache.footer(path.as_ref()) {
-            Some(m) => m,
-            None => {
-                let mut r = reader.clone();
-                let m = ArrowReaderMetadata::load_async(&mut r, ArrowReaderOptions::new()).await?;
-                self.cache.put_footer(path.to_string(), m.clone());
-                m
-            }
-        };
-        let groups = meta.metadata().row_groups();
-        let offset_col = meta
-            .parquet_schema()
-            .columns()
-            .iter()
-            .position(|c| c.name() == "offset")
-            .ok_or_else(|| ArchiveError::Corrupt(format!("{path} has no offset column")))?;
-        let mut chosen = None;
-        for (i, rg) in groups.iter().enumerate() {
-            let max = match rg.column(offset_col).statistics() {
-                Some(Statistics::Int64(s)) => s.max_opt().copied(),
-                _ => None,
-            }
-            .ok_or_else(|| {
-                ArchiveError::Corrupt(format!("{path} row group {i} has no offset statistics"))
-            })?;
-            if max >= offset {
-                chosen = Some(i);
-                break;
-            }
-        }
-        let Some(rg) = chosen else {
-            return Err(ArchiveError::Corrupt(format!(
-                "{path} ends before offset {offset}, which its manifest entry covers"
-            )));
-        };
-        let key = (path.to_string(), rg);
-        let rebuilt = match self.cache.get(&key) {
-            Some(r) => {
-                inc(&self.metrics.cache_hits, 1);
-                r
-            }
-            None => {
-                inc(&self.metrics.cache_misses, 1);
-                // One Arrow batch for the whole row group: no join needed.
-                let rows = groups[rg].num_rows().max(1) as usize;
-                let stream = ParquetRecordBatchStreamBuilder::new_with_metadata(reader, meta)
-                    .with_row_groups(vec![rg])
-                    .with_batch_size(rows)
-                    .build()?;
-                let batches: Vec<_> = stream.try_collect().await?;
-                let r = Arc::new(tokio::task::block_in_place(|| convert::rebuild(&batches))?);
-                self.cache.put(key, r.clone());
-                r
-            }
-        };
+        let meta = self.footer(&path, file.bytes).await?;
+        let rg = row_group_for(&path, &meta, offset)?;
+        let rebuilt = self.row_group(&path, file.bytes, &meta, rg).await?;
         let out = rebuilt.slice_from(offset, max_bytes);
         if out.is_empty() {
             return Err(ArchiveError::Corrupt(format!(
                 "{path} row group {rg} holds no batch at or after offset {offset}"
             )));
         }
+        self.read_ahead(topic, partition, file, &meta, rg);
         Ok(out)
+    }
+
+    /// The parsed footer of a file (cached).
+    async fn footer(&self, path: &Path, size: u64) -> Result<ArrowReaderMetadata, ArchiveError> {
+        if let Some(m) = self.cache.footer(path.as_ref()) {
+            return Ok(m);
+        }
+        let mut reader = FileReader {
+            store: self.store.clone(),
+            path: path.clone(),
+            size,
+        };
+        let m = ArrowReaderMetadata::load_async(&mut reader, ArrowReaderOptions::new()).await?;
+        self.cache.put_footer(path.to_string(), m.clone());
+        Ok(m)
+    }
+
+    /// A row group rebuilt into batches: from the cache, from a load in
+    /// progress, or loaded now (and cached).
+    async fn row_group(
+        &self,
+        path: &Path,
+        size: u64,
+        meta: &ArrowReaderMetadata,
+        rg: usize,
+    ) -> Result<Arc<Rebuilt>, ArchiveError> {
+        let key = (path.to_string(), rg);
+        if let Some(r) = self.cache.get(&key) {
+            inc(&self.metrics.cache_hits, 1);
+            return Ok(r);
+        }
+        inc(&self.metrics.cache_misses, 1);
+        self.load(key, path, size, meta)
+            .await
+            .map_err(ArchiveError::Io)
+    }
+
+    fn load(&self, key: Key, path: &Path, size: u64, meta: &ArrowReaderMetadata) -> Loading {
+        let mut inner = self.cache.inner.lock();
+        if let Some(loading) = inner.loading.get(&key) {
+            return loading.clone();
+        }
+        let reader = FileReader {
+            store: self.store.clone(),
+            path: path.clone(),
+            size,
+        };
+        let (meta, cache, rg) = (meta.clone(), self.cache.clone(), key.1);
+        let k = key.clone();
+        let fut = async move {
+            let res = async {
+                // One Arrow batch for the whole row group: no join needed.
+                let rows = meta
+                    .metadata()
+                    .row_groups()
+                    .get(rg)
+                    .map_or(1, |g| g.num_rows().max(1) as usize);
+                let stream = ParquetRecordBatchStreamBuilder::new_with_metadata(reader, meta)
+                    .with_row_groups(vec![rg])
+                    .with_batch_size(rows)
+                    .build()?;
+                let batches: Vec<_> = stream.try_collect().await?;
+                let rebuilt = tokio::task::spawn_blocking(move || convert::rebuild(&batches))
+                    .await
+                    .map_err(|e| ArchiveError::Io(format!("rebuild task: {e}")))??;
+                Ok::<_, ArchiveError>(Arc::new(rebuilt))
+            }
+            .await;
+            // Cached before it stops loading, so no reader in between
+            // starts a second load.
+            if let Ok(r) = &res {
+                cache.put(k.clone(), r.clone());
+            }
+            cache.inner.lock().loading.remove(&k);
+            res.map_err(|e| crate::error_chain(&e))
+        }
+        .boxed()
+        .shared();
+        inner.loading.insert(key, fut.clone());
+        fut
+    }
+
+    /// Starts loading the row group after `rg` (or the next file's first)
+    /// unless it is cached or loading: one group ahead of each reader.
+    fn read_ahead(
+        self: &Arc<Self>,
+        topic: &str,
+        partition: i32,
+        file: &ArchiveFile,
+        meta: &ArrowReaderMetadata,
+        rg: usize,
+    ) {
+        let next = if rg + 1 < meta.metadata().num_row_groups() {
+            Some((file.clone(), rg + 1))
+        } else {
+            self.manifest(topic, partition)
+                .and_then(|m| m.file_for(file.next_offset).cloned())
+                .filter(|f| f.base_offset >= file.next_offset)
+                .map(|f| (f, 0))
+        };
+        let Some((next_file, next_rg)) = next else {
+            return;
+        };
+        let path = self.file_path(topic, partition, &next_file);
+        if self.cache.is_present(&(path.to_string(), next_rg)) {
+            return;
+        }
+        let this = self.clone();
+        tokio::spawn(async move {
+            let res = async {
+                let meta = this.footer(&path, next_file.bytes).await?;
+                this.load((path.to_string(), next_rg), &path, next_file.bytes, &meta)
+                    .await
+                    .map(|_| ())
+                    .map_err(ArchiveError::Io)
+            }
+            .await;
+            if let Err(e) = res {
+                // The read that needs it will report the error.
+                tracing::debug!(path = %path, error = %e, "archive read-ahead failed");
+            }
+        });
     }
 
     pub(crate) fn forget_cached(&self, prefix: &str) {
         self.cache.forget(prefix);
     }
+}
+
+/// The first row group whose offsets reach `offset` (by its statistics).
+fn row_group_for(
+    path: &Path,
+    meta: &ArrowReaderMetadata,
+    offset: i64,
+) -> Result<usize, ArchiveError> {
+    let offset_col = meta
+        .parquet_schema()
+        .columns()
+        .iter()
+        .position(|c| c.name() == "offset")
+        .ok_or_else(|| ArchiveError::Corrupt(format!("{path} has no offset column")))?;
+    for (i, rg) in meta.metadata().row_groups().iter().enumerate() {
+        let max = match rg.column(offset_col).statistics() {
+            Some(Statistics::Int64(s)) => s.max_opt().copied(),
+            _ => None,
+        }
+        .ok_or_else(|| {
+            ArchiveError::Corrupt(format!("{path} row group {i} has no offset statistics"))
+        })?;
+        if max >= offset {
+            return Ok(i);
+        }
+    }
+    Err(ArchiveError::Corrupt(format!(
+        "{path} ends before offset {offset}, which its manifest entry covers"
+    )))
 }
 
 /// Ranged reads of one archive file; the size comes from the manifest, so

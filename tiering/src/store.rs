@@ -30,6 +30,15 @@ const KEEP_GENERATIONS: u64 = 3;
 /// are retried by the client a few times; longer outages are the tierer's
 /// to ride out with its own backoff.
 pub fn open_store(url: &str) -> Result<(Arc<dyn ObjectStore>, Path), ArchiveError> {
+    open_store_at(url).map(|(store, root, _)| (store, root))
+}
+
+/// A store, the root path in it, and its directory when it is local.
+pub(crate) type OpenedStore = (Arc<dyn ObjectStore>, Path, Option<std::path::PathBuf>);
+
+/// [`open_store`], plus the directory when the store is local (files are
+/// then fsynced and renamed into place rather than copied).
+pub(crate) fn open_store_at(url: &str) -> Result<OpenedStore, ArchiveError> {
     let bad = |reason: &str| ArchiveError::Url {
         url: url.to_string(),
         reason: reason.to_string(),
@@ -43,7 +52,7 @@ pub fn open_store(url: &str) -> Result<(Arc<dyn ObjectStore>, Path), ArchiveErro
             std::fs::create_dir_all(&dir)
                 .map_err(|e| bad(&format!("cannot create {}: {e}", dir.display())))?;
             let store = LocalFileSystem::new_with_prefix(&dir)?;
-            Ok((Arc::new(store), Path::default()))
+            Ok((Arc::new(store), Path::default(), Some(dir)))
         }
         "s3" => {
             let bucket = parsed
@@ -78,7 +87,7 @@ pub fn open_store(url: &str) -> Result<(Arc<dyn ObjectStore>, Path), ArchiveErro
                 .with_retry(retry)
                 .build()?;
             let prefix = parsed.path().trim_matches('/');
-            Ok((Arc::new(store), Path::from(prefix)))
+            Ok((Arc::new(store), Path::from(prefix), None))
         }
         other => Err(bad(&format!(
             "unsupported scheme '{other}': use file:// or s3://"
@@ -162,6 +171,7 @@ impl Archive {
             }
             Err(e) => return Err(e.into()),
         }
+        self.sync_local(&path).await?;
         let generation = next.generation;
         let committed = self.set_manifest(next);
         if generation > KEEP_GENERATIONS {
@@ -173,20 +183,80 @@ impl Archive {
         Ok(committed)
     }
 
-    /// Uploads a local file: one PUT when small, a multipart upload in
-    /// 16 MiB parts otherwise (aborted on failure, so no parts linger).
+    /// Where an object lives when the store is a local directory.
+    fn local_path(&self, path: &Path) -> Option<std::path::PathBuf> {
+        self.local_root
+            .as_ref()
+            .map(|root| root.join(path.as_ref()))
+    }
+
+    /// In a local directory, fsyncs the object and its directory: the
+    /// archive is the only copy once local retention has run, so it must
+    /// survive a power loss like the log does. (Object stores are durable
+    /// when they acknowledge.)
+    async fn sync_local(&self, path: &Path) -> Result<(), ArchiveError> {
+        let Some(file) = self.local_path(path) else {
+            return Ok(());
+        };
+        tokio::task::spawn_blocking(move || {
+            let io = |e: std::io::Error, p: &std::path::Path| {
+                ArchiveError::Io(format!("fsync {}: {e}", p.display()))
+            };
+            std::fs::File::open(&file)
+                .and_then(|f| f.sync_all())
+                .map_err(|e| io(e, &file))?;
+            if let Some(dir) = file.parent() {
+                std::fs::File::open(dir)
+                    .and_then(|d| d.sync_all())
+                    .map_err(|e| io(e, dir))?;
+            }
+            Ok(())
+        })
+        .await
+        .map_err(|e| ArchiveError::Io(format!("fsync task: {e}")))?
+    }
+
+    /// Uploads a staged file: into a local directory by fsync and rename
+    /// (no second copy on the same disk); otherwise one PUT when small, a
+    /// multipart upload in 16 MiB parts when large (aborted on failure, so
+    /// no parts linger).
     pub(crate) async fn upload_file(
         &self,
         local: &std::path::Path,
         to: &Path,
     ) -> Result<u64, ArchiveError> {
         let io = |e: std::io::Error| ArchiveError::Io(format!("{}: {e}", local.display()));
+        if let Some(target) = self.local_path(to) {
+            let (from, dest) = (local.to_path_buf(), target.clone());
+            let moved = tokio::task::spawn_blocking(move || -> std::io::Result<u64> {
+                let f = std::fs::File::open(&from)?;
+                f.sync_all()?;
+                let len = f.metadata()?.len();
+                if let Some(dir) = dest.parent() {
+                    std::fs::create_dir_all(dir)?;
+                }
+                std::fs::rename(&from, &dest)?;
+                Ok(len)
+            })
+            .await
+            .map_err(|e| ArchiveError::Io(format!("upload task: {e}")))?;
+            match moved {
+                Ok(len) => {
+                    self.sync_local(to).await?;
+                    return Ok(len);
+                }
+                // Another filesystem: copy through the store below.
+                Err(e) if e.raw_os_error() == Some(libc::EXDEV) => {}
+                Err(e) => return Err(io(e)),
+            }
+        }
         let mut file = tokio::fs::File::open(local).await.map_err(io)?;
         let len = file.metadata().await.map_err(io)?.len();
         if len <= SINGLE_PUT_BYTES {
             let mut buf = Vec::with_capacity(len as usize);
             file.read_to_end(&mut buf).await.map_err(io)?;
             self.store.put(to, PutPayload::from(buf)).await?;
+            self.sync_local(to).await?;
             return Ok(len);
         }
         let upload = self.store.put_multipart(to).await?;
@@ -209,6 +279,7 @@ impl Archive {
             writer.write(&buf[..n]);
         }
         writer.finish().await?;
+        self.sync_local(to).await?;
         Ok(len)
     }
 

@@ -298,7 +298,7 @@ impl Tierer {
         let (topic_name, topic_id, partition) = (p.topic.clone(), topic.meta.id.clone(), p.id);
         let max_batch =
             p.config().max_message_bytes.max(1 << 20) + sediment_log::batch::LOG_OVERHEAD;
-        let conv = tokio::task::spawn_blocking(move || {
+        let conv = run_niced(format!("tier-{}-{}", p.topic, p.id), move || {
             let io = |e: std::io::Error, path: &std::path::Path| {
                 ArchiveError::Io(format!("{}: {e}", path.display()))
             };
@@ -311,8 +311,7 @@ impl Tierer {
             };
             convert::segment_to_parquet(input, &id, max_batch, output)
         })
-        .await
-        .map_err(|e| ArchiveError::Io(format!("conversion task: {e}")))?;
+        .await;
         let conv = match conv {
             Ok(c) => c,
             Err(e) => {
@@ -441,3 +440,43 @@ impl Tierer {
         Ok(())
     }
 }
+
+/// Nice value of conversion threads: when the cores are busy, produce and
+/// fetch win and tiering waits (its backlog is safe on local disk); when
+/// they are idle, tiering runs at full speed.
+const CONVERSION_NICE: i32 = 10;
+
+/// Runs `f` on a thread of its own at a lower CPU priority.
+async fn run_niced<T: Send + 'static>(
+    name: String,
+    f: impl FnOnce() -> Result<T, ArchiveError> + Send + 'static,
+) -> Result<T, ArchiveError> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name(name)
+        .spawn(move || {
+            lower_priority();
+            let _ = tx.send(f());
+        })
+        .map_err(|e| ArchiveError::Io(format!("starting a conversion thread: {e}")))?;
+    rx.await
+        .map_err(|_| ArchiveError::Io("the conversion thread stopped without a result".into()))?
+}
+
+#[cfg(target_os = "linux")]
+#[allow(unsafe_code)]
+fn lower_priority() {
+    // SAFETY: gettid and setpriority take and return plain integers and
+    // touch no memory of ours. On Linux the nice value belongs to a thread,
+    // and PRIO_PROCESS with a thread id changes only that thread.
+    let rc = unsafe {
+        let tid = libc::gettid();
+        libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, CONVERSION_NICE)
+    };
+    if rc != 0 {
+        tracing::debug!(error = %std::io::Error::last_os_error(), "could not lower the conversion thread's priority");
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn lower_priority() {}
