@@ -374,6 +374,25 @@ impl Rebuilt {
     }
 }
 
+/// Bytes the rebuilt batches will take, near enough: keys, values and
+/// headers, plus a record's and a batch's framing.
+fn rebuilt_size_hint(batches: &[RecordBatch]) -> usize {
+    let binary = |rb: &RecordBatch, name: &str| {
+        rb.column_by_name(name)
+            .and_then(|c| c.as_any().downcast_ref::<BinaryArray>())
+            .map_or(0, |a| a.values().len())
+    };
+    batches
+        .iter()
+        .map(|rb| {
+            let headers = rb
+                .column_by_name("headers")
+                .map_or(0, |h| h.get_buffer_memory_size());
+            binary(rb, "key") + binary(rb, "value") + headers + rb.num_rows() * 24 + 4096
+        })
+        .sum()
+}
+
 fn column<'a, T: 'static>(rb: &'a RecordBatch, name: &str) -> Result<&'a T, ArchiveError> {
     rb.column_by_name(name)
         .and_then(|c| c.as_any().downcast_ref::<T>())
@@ -399,7 +418,9 @@ pub fn rebuild(batches: &[RecordBatch]) -> Result<Rebuilt, ArchiveError> {
             &joined[..]
         }
     };
-    let mut out = Vec::new();
+    // Sized up front: the buffer lives on in the cache, which counts its
+    // length, so growth by doubling would hide up to half again as much.
+    let mut out = Vec::with_capacity(rebuilt_size_hint(batches));
     let mut index = Vec::new();
     let mut scratch = Vec::new();
     for rb in batches {
