@@ -53,6 +53,11 @@ pub struct ServeArgs {
     /// archive, and archive retention applied [default: 1000].
     #[arg(long, env = "SEDIMENT_TIERING_INTERVAL_MS")]
     pub tiering_interval_ms: Option<u64>,
+    /// Cap on segment bytes converted to Parquet per second, all
+    /// partitions together (Kafka's
+    /// remote.log.manager.copy.max.bytes.per.second) [default: unlimited].
+    #[arg(long, env = "SEDIMENT_TIERING_MAX_BYTES_PER_SECOND")]
+    pub tiering_max_bytes_per_second: Option<u64>,
     /// Memory for batches rebuilt from the archive for consumers
     /// [default: 134217728].
     #[arg(long, env = "SEDIMENT_ARCHIVE_CACHE_BYTES")]
@@ -89,6 +94,7 @@ struct FileConfig {
     default_partitions: Option<i32>,
     retention_check_interval_ms: Option<u64>,
     tiering_interval_ms: Option<u64>,
+    tiering_max_bytes_per_second: Option<u64>,
     archive_cache_bytes: Option<usize>,
     group_initial_rebalance_delay_ms: Option<u64>,
     max_request_bytes: Option<usize>,
@@ -110,6 +116,7 @@ pub struct Settings {
     pub default_partitions: i32,
     pub retention_check_interval_ms: u64,
     pub tiering_interval_ms: u64,
+    pub tiering_max_bytes_per_second: Option<u64>,
     pub archive_cache_bytes: usize,
     pub group_initial_rebalance_delay_ms: u64,
     pub max_request_bytes: usize,
@@ -246,6 +253,10 @@ impl Settings {
                 .or(file.tiering_interval_ms)
                 .unwrap_or(1_000)
                 .max(10),
+            tiering_max_bytes_per_second: args
+                .tiering_max_bytes_per_second
+                .or(file.tiering_max_bytes_per_second)
+                .filter(|&r| r > 0),
             archive_cache_bytes: args
                 .archive_cache_bytes
                 .or(file.archive_cache_bytes)

@@ -139,6 +139,7 @@ async fn serve(args: ServeArgs) -> Result<()> {
     );
     let mut tiering = sediment_tiering::TieringConfig::new(&settings.data_dir);
     tiering.interval = Duration::from_millis(settings.tiering_interval_ms);
+    tiering.max_bytes_per_second = settings.tiering_max_bytes_per_second;
     let tierer = sediment_tiering::Tierer::new(archive.clone(), log.clone(), tiering)
         .context("starting the tierer")?;
     tracker.spawn(tierer.run(cancel.clone()));

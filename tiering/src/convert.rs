@@ -244,12 +244,15 @@ pub struct FileIdentity<'a> {
 
 /// Reads a sealed segment (`segment`: its bytes, streamed) and writes it
 /// as Parquet to `out`. Every batch's CRC is checked: a segment that rotted
-/// on disk is refused, not archived. Pure apart from the reader and writer.
+/// on disk is refused, not archived. `pace` is told the segment bytes
+/// consumed as it goes (about every MiB) and may block to slow the
+/// conversion down. Pure apart from the reader, the writer and `pace`.
 pub fn segment_to_parquet<R: Read, W: Write + Send>(
     segment: R,
     id: &FileIdentity<'_>,
     max_batch: usize,
     out: W,
+    pace: &mut dyn FnMut(u64),
 ) -> Result<Converted, ArchiveError> {
     let kv = vec![
         parquet::file::metadata::KeyValue::new(
@@ -276,6 +279,7 @@ pub fn segment_to_parquet<R: Read, W: Write + Send>(
         segment_bytes: 0,
     };
     let mut position: u64 = 0;
+    let mut unpaced: u64 = 0;
     loop {
         buf.resize(LOG_OVERHEAD, 0);
         match read_full(&mut reader, &mut buf[..LOG_OVERHEAD])? {
@@ -312,6 +316,11 @@ pub fn segment_to_parquet<R: Read, W: Write + Send>(
         conv.rows += recs.len() as u64;
         cols.push_batch(&header, &recs);
         position += size as u64;
+        unpaced += size as u64;
+        if unpaced >= 1 << 20 {
+            pace(unpaced);
+            unpaced = 0;
+        }
         if cols.rows() >= ROWS_PER_GROUP || cols.raw_bytes >= BYTES_PER_GROUP {
             writer.write(&cols.finish(id.partition)?)?;
             writer.flush()?;

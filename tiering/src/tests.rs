@@ -123,7 +123,7 @@ fn to_parquet(seg: &[u8]) -> (Vec<u8>, convert::Converted) {
         topic_id: "id",
         partition: 4,
     };
-    let c = convert::segment_to_parquet(seg, &id, 1 << 24, &mut out).unwrap();
+    let c = convert::segment_to_parquet(seg, &id, 1 << 24, &mut out, &mut |_| {}).unwrap();
     (out, c)
 }
 
@@ -248,9 +248,11 @@ fn corrupt_segments_are_refused_not_archived() {
         topic_id: "id",
         partition: 0,
     };
-    let e = convert::segment_to_parquet(&seg[..], &id, 1 << 24, Vec::new()).unwrap_err();
+    let e =
+        convert::segment_to_parquet(&seg[..], &id, 1 << 24, Vec::new(), &mut |_| {}).unwrap_err();
     assert!(matches!(e, ArchiveError::Corrupt(_)), "{e}");
-    let e = convert::segment_to_parquet(&seg[..len - 3], &id, 1 << 24, Vec::new()).unwrap_err();
+    let e = convert::segment_to_parquet(&seg[..len - 3], &id, 1 << 24, Vec::new(), &mut |_| {})
+        .unwrap_err();
     assert!(e.to_string().contains("inside"), "{e}");
 }
 
@@ -638,4 +640,16 @@ async fn a_recreated_topic_does_not_inherit_the_old_archive() {
     assert_eq!(m.topic_id, f.log.topic("t").unwrap().meta.id);
     assert_eq!((m.start_offset, m.end_offset, m.files.len()), (0, 10, 1));
     let _: &Manifest = &m;
+}
+
+#[test]
+fn the_pacer_holds_conversions_to_their_rate() {
+    let pacer = crate::tierer::Pacer::new(4 << 20);
+    let started = std::time::Instant::now();
+    // 1 s of burst is free; 6 MiB more at 4 MiB/s takes about 1.5 s.
+    for _ in 0..10 {
+        pacer.take(1 << 20);
+    }
+    let took = started.elapsed().as_secs_f64();
+    assert!((1.2..3.0).contains(&took), "{took}");
 }

@@ -47,6 +47,9 @@ pub struct TieringConfig {
     pub concurrency: usize,
     /// Longest wait before retrying a partition whose tiering failed.
     pub max_backoff: Duration,
+    /// Segment bytes converted per second, all partitions together (Kafka's
+    /// `remote.log.manager.copy.max.bytes.per.second`); None = unlimited.
+    pub max_bytes_per_second: Option<u64>,
 }
 
 impl TieringConfig {
@@ -58,6 +61,7 @@ impl TieringConfig {
                 .map_or(1, |n| n.get() / 2)
                 .max(1),
             max_backoff: Duration::from_secs(60),
+            max_bytes_per_second: None,
         }
     }
 }
@@ -75,6 +79,7 @@ pub struct Tierer {
     backoff: Mutex<HashMap<(String, i32), Backoff>>,
     /// Topics (name → id) seen with an archive, to purge when deleted.
     known: Mutex<HashMap<String, String>>,
+    pacer: Option<Arc<Pacer>>,
 }
 
 impl std::fmt::Debug for Tierer {
@@ -105,9 +110,11 @@ impl Tierer {
         }
         std::fs::create_dir_all(dir)
             .map_err(|e| ArchiveError::Io(format!("{}: {e}", dir.display())))?;
+        let pacer = config.max_bytes_per_second.map(|r| Arc::new(Pacer::new(r)));
         Ok(Arc::new(Tierer {
             archive,
             log,
+            pacer,
             config,
             backoff: Mutex::new(HashMap::new()),
             known: Mutex::new(HashMap::new()),
@@ -298,6 +305,7 @@ impl Tierer {
         let (topic_name, topic_id, partition) = (p.topic.clone(), topic.meta.id.clone(), p.id);
         let max_batch =
             p.config().max_message_bytes.max(1 << 20) + sediment_log::batch::LOG_OVERHEAD;
+        let pacer = self.pacer.clone();
         let conv = run_niced(format!("tier-{}-{}", p.topic, p.id), move || {
             let io = |e: std::io::Error, path: &std::path::Path| {
                 ArchiveError::Io(format!("{}: {e}", path.display()))
@@ -309,7 +317,12 @@ impl Tierer {
                 topic_id: &topic_id,
                 partition,
             };
-            convert::segment_to_parquet(input, &id, max_batch, output)
+            let mut pace = |bytes: u64| {
+                if let Some(p) = &pacer {
+                    p.take(bytes);
+                }
+            };
+            convert::segment_to_parquet(input, &id, max_batch, output, &mut pace)
         })
         .await;
         let conv = match conv {
@@ -480,3 +493,37 @@ fn lower_priority() {
 
 #[cfg(not(target_os = "linux"))]
 fn lower_priority() {}
+
+/// Paces conversions to a byte rate: each caller is given the next slot on
+/// a virtual clock and sleeps until it, with up to one second of unused
+/// rate saved up as burst.
+#[derive(Debug)]
+pub(crate) struct Pacer {
+    bytes_per_second: f64,
+    next_free: Mutex<Instant>,
+}
+
+impl Pacer {
+    pub(crate) fn new(bytes_per_second: u64) -> Self {
+        Pacer {
+            bytes_per_second: bytes_per_second.max(1) as f64,
+            next_free: Mutex::new(Instant::now()),
+        }
+    }
+
+    /// Blocks until `bytes` may be processed. Call from a blocking thread.
+    pub(crate) fn take(&self, bytes: u64) {
+        let wait_until = {
+            let mut next = self.next_free.lock();
+            let now = Instant::now();
+            let earliest = now.checked_sub(Duration::from_secs(1)).unwrap_or(now);
+            let start = (*next).max(earliest);
+            *next = start + Duration::from_secs_f64(bytes as f64 / self.bytes_per_second);
+            *next
+        };
+        let now = Instant::now();
+        if wait_until > now {
+            std::thread::sleep(wait_until - now);
+        }
+    }
+}
