@@ -93,7 +93,12 @@ impl Metrics {
         );
         if let Some(archive) = broker.archive() {
             let m = &archive.metrics;
-            let counters: [(&str, &str, &std::sync::atomic::AtomicU64); 8] = [
+            let counters: [(&str, &str, &std::sync::atomic::AtomicU64); 9] = [
+                (
+                    "sediment_archive_row_groups_loaded_total",
+                    "Row groups fetched from the archive and rebuilt into batches.",
+                    &m.row_groups_loaded,
+                ),
                 (
                     "sediment_archive_uploaded_files_total",
                     "Parquet files uploaded to the archive.",

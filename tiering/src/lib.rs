@@ -70,6 +70,8 @@ pub struct ArchiveMetrics {
     pub read_errors: AtomicU64,
     pub cache_hits: AtomicU64,
     pub cache_misses: AtomicU64,
+    /// Row groups fetched from the store and rebuilt (reads and read-ahead).
+    pub row_groups_loaded: AtomicU64,
 }
 
 /// The archive: an object store, a root path in it, the committed manifest

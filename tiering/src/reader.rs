@@ -39,6 +39,11 @@ type Loading = Shared<BoxFuture<'static, Result<Arc<Rebuilt>, String>>>;
 pub(crate) struct RebuiltCache {
     budget: usize,
     inner: Mutex<CacheInner>,
+    /// Row groups fetched and rebuilt at once. Each takes about three
+    /// times its raw size while in flight (fetched pages, decoded arrays,
+    /// rebuilt batches) and a core to rebuild, so more than the cores
+    /// would only add memory.
+    loads: Arc<tokio::sync::Semaphore>,
 }
 
 #[derive(Default)]
@@ -52,9 +57,11 @@ struct CacheInner {
 
 impl RebuiltCache {
     pub(crate) fn new(budget: usize) -> Self {
+        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
         RebuiltCache {
             budget,
             inner: Mutex::new(CacheInner::default()),
+            loads: Arc::new(tokio::sync::Semaphore::new(cores)),
         }
     }
 
@@ -258,10 +265,17 @@ impl Archive {
             path: path.clone(),
             size,
         };
+        inc(&self.metrics.row_groups_loaded, 1);
         let (meta, cache, rg) = (meta.clone(), self.cache.clone(), key.1);
         let k = key.clone();
         let fut = async move {
             let res = async {
+                let _permit = cache
+                    .loads
+                    .clone()
+                    .acquire_owned()
+                    .await
+                    .map_err(|_| ArchiveError::Io("archive reader closed".into()))?;
                 // One Arrow batch for the whole row group: no join needed.
                 let rows = meta
                     .metadata()

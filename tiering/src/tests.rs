@@ -466,6 +466,18 @@ async fn sealed_segments_are_archived_then_deleted_locally_and_still_consumable(
     assert_eq!(p.log_start_offset(), 50, "archived segments leave the disk");
     assert_eq!(p.earliest_offset().unwrap(), 0);
     assert_same_records(&consume_all(&f, "t").await, &records, 0);
+    // Each file (one row group each) was fetched and rebuilt once, however
+    // reads and read-ahead overlapped.
+    assert_eq!(
+        f.archive.metrics.row_groups_loaded.load(Ordering::Relaxed),
+        5
+    );
+    assert_same_records(&consume_all(&f, "t").await, &records, 0);
+    assert_eq!(
+        f.archive.metrics.row_groups_loaded.load(Ordering::Relaxed),
+        5,
+        "a second read is served from the cache"
+    );
     // A second pass with nothing new commits nothing.
     assert_eq!(f.tierer.pass().await.uploaded, 0);
     assert_eq!(f.archive.manifest("t", 0).unwrap().generation, m.generation);
