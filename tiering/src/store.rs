@@ -295,6 +295,18 @@ impl Archive {
         }
     }
 
+    /// Names of the topics the archive holds data for (one LIST of
+    /// `topics/` with a delimiter).
+    pub(crate) async fn archived_topics(&self) -> Result<Vec<String>, ArchiveError> {
+        let dir = self.root.clone().join("topics");
+        let listed = self.store.list_with_delimiter(Some(&dir)).await?;
+        Ok(listed
+            .common_prefixes
+            .iter()
+            .filter_map(|p| p.filename().map(str::to_string))
+            .collect())
+    }
+
     /// Every object under `prefix`.
     pub(crate) async fn list_paths(&self, prefix: &Path) -> Result<Vec<Path>, ArchiveError> {
         let listed: Vec<_> = self.store.list(Some(prefix)).try_collect().await?;

@@ -665,3 +665,42 @@ fn the_pacer_holds_conversions_to_their_rate() {
     let took = started.elapsed().as_secs_f64();
     assert!((1.2..3.0).contains(&took), "{took}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_archive_of_a_topic_deleted_while_stopped_is_purged_at_start() {
+    let f = fixture();
+    create(&f, "gone", &[]);
+    create(&f, "kept", &[]);
+    produce(&f, "gone", 2);
+    produce(&f, "kept", 2);
+    assert_eq!(f.tierer.pass().await.uploaded, 4);
+    // "Stopped": the topic goes while no tierer runs.
+    f.log.delete_topic("gone").unwrap();
+    let t2 = Tierer::new(
+        f.archive.clone(),
+        f.log.clone(),
+        TieringConfig::new(&f.data_dir),
+    )
+    .unwrap();
+    t2.pass().await;
+    let left = |prefix: &'static str| {
+        let store = f.store.clone();
+        async move {
+            store
+                .inner
+                .list(Some(&Path::from(prefix)))
+                .collect::<Vec<_>>()
+                .await
+                .len()
+        }
+    };
+    assert_eq!(
+        left("arch/topics/gone").await,
+        0,
+        "the deleted topic's archive remains"
+    );
+    assert!(
+        left("arch/topics/kept").await > 0,
+        "a live topic's archive was purged"
+    );
+}

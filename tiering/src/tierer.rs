@@ -79,6 +79,8 @@ pub struct Tierer {
     backoff: Mutex<HashMap<(String, i32), Backoff>>,
     /// Topics (name → id) seen with an archive, to purge when deleted.
     known: Mutex<HashMap<String, String>>,
+    /// The archive has been checked for topics deleted while stopped.
+    swept: std::sync::atomic::AtomicBool,
     pacer: Option<Arc<Pacer>>,
 }
 
@@ -118,6 +120,7 @@ impl Tierer {
             config,
             backoff: Mutex::new(HashMap::new()),
             known: Mutex::new(HashMap::new()),
+            swept: std::sync::atomic::AtomicBool::new(false),
         }))
     }
 
@@ -409,12 +412,30 @@ impl Tierer {
         Ok(n)
     }
 
-    /// Deletes the archives of topics that no longer exist.
+    /// Deletes the archives of topics that no longer exist: those deleted
+    /// since the last pass and, once per run, any the archive holds for a
+    /// topic this broker does not have (deleted while it was stopped).
     async fn purge_deleted(&self, topics: &[Arc<Topic>]) {
         let current: HashMap<&str, &str> = topics
             .iter()
             .map(|t| (t.meta.name.as_str(), t.meta.id.as_str()))
             .collect();
+        if !self.swept.load(std::sync::atomic::Ordering::Acquire) {
+            match self.archive.archived_topics().await {
+                Ok(names) => {
+                    let mut known = self.known.lock();
+                    for name in names {
+                        if !current.contains_key(name.as_str()) {
+                            known.entry(name).or_default();
+                        }
+                    }
+                    self.swept.store(true, std::sync::atomic::Ordering::Release);
+                }
+                Err(e) => {
+                    tracing::warn!(error = %crate::error_chain(&e), "could not list the archive's topics; will retry")
+                }
+            }
+        }
         let gone: Vec<String> = self
             .known
             .lock()
