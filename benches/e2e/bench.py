@@ -1320,18 +1320,29 @@ def parse_args(argv=None):
     return a
 
 
-def main(argv=None) -> int:
-    a = parse_args(argv)
-    if not Path(a.sediment_bin).exists():
-        print(f"{a.sediment_bin} not found: cargo build --release", file=sys.stderr)
-        return 2
+def missing_binary(path: str) -> bool:
+    """True (after saying so) when the broker binary to benchmark is not built."""
+    if Path(path).exists():
+        return False
+    print(f"{path} not found: cargo build --release", file=sys.stderr)
+    return True
 
+
+def stop_children_on_signal() -> None:
+    """SIGTERM/SIGINT stop every process this harness started, then exit."""
     def on_signal(signum, _frame):
         stop_all_children()
         sys.exit(128 + signum)
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+
+
+def main(argv=None) -> int:
+    a = parse_args(argv)
+    if missing_binary(a.sediment_bin):
+        return 2
+    stop_children_on_signal()
 
     work = Path(a.work_dir) if a.work_dir else Path(tempfile.mkdtemp(prefix="sediment-bench-"))
     work.mkdir(parents=True, exist_ok=True)

@@ -34,7 +34,6 @@ import json
 import os
 import re
 import shutil
-import signal
 import statistics
 import sys
 import tempfile
@@ -643,16 +642,9 @@ def parse_args(argv=None):
 
 def main(argv=None) -> int:
     a = parse_args(argv)
-    if not Path(a.sediment_bin).exists():
-        print(f"{a.sediment_bin} not found: cargo build --release", file=sys.stderr)
+    if bench.missing_binary(a.sediment_bin):
         return 2
-
-    def on_signal(signum, _frame):
-        bench.stop_all_children()
-        sys.exit(128 + signum)
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
+    bench.stop_children_on_signal()
     # per-segment "archived segment" lines (converted_ms, total_ms) in the broker logs
     os.environ.setdefault("SEDIMENT_LOG", "info,sediment_tiering=debug")
     a.work = Path(a.work_dir) if a.work_dir else Path(tempfile.mkdtemp(prefix="sediment-tiering-"))
