@@ -1052,7 +1052,14 @@ fn read_fetch(
                     // KIP-74: the first batch is returned whole even when it
                     // exceeds the limits, so that consumers always progress.
                     let allow_oversize = total == 0;
-                    let read = match cold.get(&(topic.clone(), idx)) {
+                    // Most fetches read no archived offsets: skip the
+                    // keyed lookup (and its String key) for them.
+                    let archived = if cold.is_empty() {
+                        None
+                    } else {
+                        cold.get(&(topic.clone(), idx))
+                    };
+                    let read = match archived {
                         Some(archived) => archived
                             .clone()
                             .map(|records| sediment_log::ReadResult {
