@@ -260,6 +260,13 @@ impl Archive {
         if let Some(loading) = inner.loading.get(&key) {
             return loading.clone();
         }
+        // A load that finished since the caller looked in the cache: the
+        // check and the insert below are under one lock, so a row group is
+        // loaded once however reads and read-ahead interleave.
+        if let Some((r, _)) = inner.groups.get(&key) {
+            let r = r.clone();
+            return futures::future::ready(Ok(r)).boxed().shared();
+        }
         let reader = FileReader {
             store: self.store.clone(),
             path: path.clone(),
