@@ -3,8 +3,9 @@
 # developer's checkout alike:
 #
 #   1. installs what the tests need, idempotently: kcat (Debian's, librdkafka
-#      2.0), Python clients, moto's S3 server, pyarrow and duckdb into ./.venv
-#      (tests/requirements.txt), kafkajs into tests/js/node_modules;
+#      2.0), psql, a JDK and Debian's Postgres JDBC driver; Python clients
+#      (Kafka, psycopg), moto's S3 server, pyarrow and duckdb into ./.venv
+#      (tests/requirements.txt); kafkajs into tests/js/node_modules;
 #   2. cargo fmt --check, clippy with -D warnings, a debug build;
 #   3. the Rust unit, property and doc tests (cargo test --workspace);
 #   4. the end-to-end suite in tests/e2e: the real binary and real clients.
@@ -37,12 +38,17 @@ command -v python3 >/dev/null 2>&1 || apt_needed+=(python3)
 python3 -c 'import ensurepip' >/dev/null 2>&1 || apt_needed+=(python3-venv)
 command -v node >/dev/null 2>&1 || apt_needed+=(nodejs)
 command -v npm >/dev/null 2>&1 || apt_needed+=(npm)
+# SQL tests: psql, and Debian's JDBC driver run by a JDK (java runs the
+# single-file test program from source, which needs the compiler module)
+command -v psql >/dev/null 2>&1 || apt_needed+=(postgresql-client)
+command -v javac >/dev/null 2>&1 || apt_needed+=(default-jdk-headless)
+[ -f /usr/share/java/postgresql.jar ] || apt_needed+=(libpostgresql-jdbc-java)
 if [ "${#apt_needed[@]}" -gt 0 ]; then
   echo "installing: ${apt_needed[*]}"
   as_root apt-get update -qq
   as_root apt-get install -y -qq --no-install-recommends "${apt_needed[@]}" >/dev/null
 else
-  echo "kcat, python3, node and npm already present"
+  echo "kcat, python3, node, npm, psql, a JDK and the JDBC driver already present"
 fi
 kcat -V 2>&1 | head -n 1 || true
 
@@ -56,6 +62,8 @@ PY="$ROOT/.venv/bin/python"
 "$PY" -c 'import confluent_kafka as c, kafka; print("confluent-kafka", c.__version__, "librdkafka", c.libversion()[0], "kafka-python", kafka.__version__)'
 # the tiering tests: moto's S3 server (moto_server), boto3, pyarrow and duckdb
 "$PY" -c 'import moto, boto3, pyarrow, duckdb; print("moto", moto.__version__, "boto3", boto3.__version__, "pyarrow", pyarrow.__version__, "duckdb", duckdb.__version__)'
+"$PY" -c 'import psycopg; print("psycopg", psycopg.__version__)'
+psql --version
 test -x .venv/bin/moto_server || { echo "moto_server missing from .venv (moto[server])" >&2; exit 1; }
 
 section "node packages (kafkajs)"

@@ -160,6 +160,16 @@ async fn serve(args: ServeArgs) -> Result<()> {
         cancel.clone(),
         tracker.clone(),
     ));
+    let engine = sediment_sql::Engine::new(log.clone(), archive.clone())
+        .map_err(|e| anyhow::anyhow!("starting the SQL engine: {e}"))?;
+    engine.set_groups(Arc::new(Groups(groups.clone())));
+    sediment_pgwire::install_pg_catalog(&engine)
+        .map_err(|e| anyhow::anyhow!("setting up pg_catalog: {e}"))?;
+    let pg_listener = sediment_pgwire::bind(&settings.pg_addr.to_string())
+        .await
+        .with_context(|| format!("binding the Postgres listener on {}", settings.pg_addr))?;
+    let pg_bound = pg_listener.local_addr()?;
+    tracker.spawn(sediment_pgwire::serve(pg_listener, engine, cancel.clone()));
     tracker.spawn(retention_loop(
         log.clone(),
         Duration::from_millis(settings.retention_check_interval_ms),
@@ -167,13 +177,13 @@ async fn serve(args: ServeArgs) -> Result<()> {
     ));
     tracing::info!(
         kafka = %bound,
+        postgres = %pg_bound,
         data_dir = %settings.data_dir.display(),
         clean_start = log.recovered_clean(),
         startup_ms = started.elapsed().as_millis() as u64,
         "sediment ready"
     );
     tracing::info!(archive = %settings.object_store, "archiving sealed segments of topics with remote.storage.enable");
-    tracing::info!(pg_addr = %settings.pg_addr, "the Postgres listener is not enabled in this build yet; setting accepted");
 
     wait_for_signal().await;
     tracing::info!("shutting down");
@@ -192,6 +202,40 @@ async fn serve(args: ServeArgs) -> Result<()> {
         .context("closing the log")?;
     tracing::info!("sediment stopped cleanly");
     Ok(())
+}
+
+/// The group coordinator as the SQL engine's `sediment.consumer_*` tables
+/// see it.
+struct Groups(Arc<sediment_ingest::group::GroupCoordinator>);
+
+impl std::fmt::Debug for Groups {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Groups")
+    }
+}
+
+impl sediment_sql::GroupSource for Groups {
+    fn groups(&self) -> Vec<sediment_sql::GroupInfo> {
+        self.0
+            .overview()
+            .into_iter()
+            .map(|g| sediment_sql::GroupInfo {
+                group_id: g.group_id,
+                state: g.state,
+                protocol_type: g.protocol_type,
+                protocol: g.protocol,
+                members: i32::try_from(g.members).unwrap_or(i32::MAX),
+            })
+            .collect()
+    }
+
+    fn committed(&self) -> Vec<(String, String, i32, i64)> {
+        self.0
+            .committed_offsets()
+            .into_iter()
+            .map(|c| (c.group, c.topic, c.partition, c.offset))
+            .collect()
+    }
 }
 
 async fn wait_for_signal() {

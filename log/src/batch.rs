@@ -203,6 +203,53 @@ pub fn finish_batch(batch: &mut [u8]) {
     batch[CRC_OFFSET..CRC_OFFSET + 4].copy_from_slice(&crc.to_be_bytes());
 }
 
+/// `(key, value, timestamp ms)` of a record for [`encode_simple`].
+pub type SimpleRecord<'a> = (Option<&'a [u8]>, Option<&'a [u8]>, i64);
+
+/// One uncompressed batch of records `(key, value, timestamp ms)` with no
+/// producer id and base offset 0 (the log assigns offsets on append): how
+/// Sediment itself produces (SQL `INSERT`, query output).
+pub fn encode_simple(records: &[SimpleRecord<'_>]) -> Vec<u8> {
+    let first_ts = records.first().map_or(0, |r| r.2);
+    let max_ts = records.iter().map(|r| r.2).max().unwrap_or(first_ts);
+    let mut out = Vec::with_capacity(
+        61 + records
+            .iter()
+            .map(|r| 16 + r.0.map_or(0, <[u8]>::len) + r.1.map_or(0, <[u8]>::len))
+            .sum::<usize>(),
+    );
+    put_header(
+        &mut out,
+        &BatchHeader {
+            base_offset: 0,
+            size: 0,
+            leader_epoch: -1,
+            attributes: 0,
+            last_offset_delta: i32::try_from(records.len().saturating_sub(1)).unwrap_or(i32::MAX),
+            base_timestamp: first_ts,
+            max_timestamp: max_ts,
+            producer_id: -1,
+            producer_epoch: -1,
+            base_sequence: -1,
+            record_count: i32::try_from(records.len()).unwrap_or(i32::MAX),
+        },
+    );
+    let mut scratch = Vec::new();
+    for (i, (key, value, ts)) in records.iter().enumerate() {
+        crate::records::put_record(
+            &mut out,
+            &mut scratch,
+            ts - first_ts,
+            i as i64,
+            *key,
+            *value,
+            std::iter::empty(),
+        );
+    }
+    finish_batch(&mut out);
+    out
+}
+
 /// Reads the batch size (including log overhead) from the first 12 bytes,
 /// bounded by `max_size`. Needs at least [`LOG_OVERHEAD`] bytes.
 pub fn peek_size(buf: &[u8], max_size: usize) -> Result<usize, BatchError> {
@@ -437,6 +484,34 @@ pub(crate) mod tests {
             out.push((z as u8 & 0x7f) | 0x80);
             z >>= 7;
         }
+    }
+
+    #[test]
+    fn simple_batches_validate_and_decode() {
+        let b = encode_simple(&[
+            (Some(b"k".as_slice()), Some(b"v1".as_slice()), 1000),
+            (None, Some(b"v2".as_slice()), 1005),
+            (Some(b"k3".as_slice()), None, 999),
+        ]);
+        let h = validate_for_append(&b, 1 << 20).unwrap();
+        assert_eq!(
+            (h.record_count, h.max_timestamp, h.producer_id),
+            (3, 1005, -1)
+        );
+        let payload = crate::records::payload(&b, &h).unwrap();
+        let recs = crate::records::decode(&h, &payload).unwrap();
+        let got: Vec<_> = recs
+            .iter()
+            .map(|r| (r.offset, r.timestamp, r.key, r.value))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                (0, 1000, Some(b"k".as_slice()), Some(b"v1".as_slice())),
+                (1, 1005, None, Some(b"v2".as_slice())),
+                (2, 999, Some(b"k3".as_slice()), None),
+            ]
+        );
     }
 
     #[test]

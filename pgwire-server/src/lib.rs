@@ -1,5 +1,459 @@
-//! # sediment-pgwire: the Postgres wire protocol
+//! # sediment-pgwire: the Postgres front door
 //!
-//! Not built yet (issue 4). This crate will serve `sediment-sql` to psql,
-//! psycopg, JDBC and BI tools, with SQLSTATE mapping in one place and
-//! push-query streaming.
+//! Serves the SQL engine over the Postgres wire protocol: simple and
+//! extended query protocol, text and binary formats, `pg_catalog` and
+//! `information_schema` for psql's `\d` and drivers' introspection, cancel
+//! requests. The protocol work is `datafusion-postgres` (on `pgwire`);
+//! this crate puts Sediment's statements in front of it
+//! ([`sediment_sql::Engine::prepare`]), maps errors to SQLSTATEs, and owns
+//! the accept loop so the server stops with the broker.
+
+use std::collections::HashMap;
+use std::fmt::Debug;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use async_trait::async_trait;
+use datafusion_postgres::pgwire;
+use datafusion_postgres::{DfSessionService, Parser as DfParser};
+use futures::{FutureExt, Stream};
+use pgwire::api::auth::noop::NoopStartupHandler;
+use pgwire::api::auth::StartupHandler;
+use pgwire::api::cancel::{CancelHandler, DefaultCancelHandler};
+use pgwire::api::portal::{Format, Portal};
+use pgwire::api::query::{ExtendedQueryHandler, SimpleQueryHandler};
+use pgwire::api::results::{FieldInfo, Response, SendableRowStream, Tag};
+use pgwire::api::stmt::QueryParser;
+use pgwire::api::store::PortalStore;
+use pgwire::api::{
+    ClientInfo, ClientPortalStore, ConnectionManager, ErrorHandler, PgWireServerHandlers, Type,
+};
+use pgwire::error::{ErrorInfo, PgWireError, PgWireResult};
+use pgwire::messages::cancel::CancelRequest;
+use pgwire::messages::data::DataRow;
+use pgwire::messages::PgWireBackendMessage;
+use sediment_sql::{Engine, Prepared, SqlError};
+use tokio::net::TcpListener;
+use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
+
+type Statement = <DfSessionService as ExtendedQueryHandler>::Statement;
+
+/// Binds the Postgres listener (so a bad address fails at startup).
+pub async fn bind(addr: &str) -> std::io::Result<TcpListener> {
+    TcpListener::bind(addr).await
+}
+
+/// Serves connections from `listener` until `shutdown` fires.
+pub async fn serve(listener: TcpListener, engine: Arc<Engine>, shutdown: CancellationToken) {
+    let handlers = Arc::new(Handlers::new(engine));
+    loop {
+        let accepted = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            a = listener.accept() => a,
+        };
+        match accepted {
+            Ok((socket, peer)) => {
+                let _ = socket.set_nodelay(true);
+                let handlers = handlers.clone();
+                let shutdown = shutdown.clone();
+                tokio::spawn(async move {
+                    tokio::select! {
+                        _ = shutdown.cancelled() => {}
+                        r = pgwire::tokio::process_socket(socket, None, handlers) => {
+                            if let Err(e) = r {
+                                tracing::debug!(%peer, error = %e, "postgres connection ended with an error");
+                            }
+                        }
+                    }
+                });
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "accepting a postgres connection failed");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+/// The address a listener is bound to.
+pub fn local_addr(l: &TcpListener) -> std::io::Result<SocketAddr> {
+    l.local_addr()
+}
+
+/// Everything pgwire needs for one server.
+struct Handlers {
+    service: Arc<Service>,
+    startup: Arc<Startup>,
+    cancel: Arc<Cancel>,
+}
+
+impl Handlers {
+    fn new(engine: Arc<Engine>) -> Self {
+        let ctx = Arc::new(engine.context().clone());
+        let df = Arc::new(DfSessionService::new(ctx));
+        let parser = Arc::new(Parser {
+            engine: engine.clone(),
+            inner: df.query_parser(),
+        });
+        let connections = Arc::new(ConnectionManager::new());
+        let running = Arc::new(Running::default());
+        Handlers {
+            service: Arc::new(Service {
+                engine,
+                df,
+                parser,
+                running: running.clone(),
+            }),
+            startup: Arc::new(Startup {
+                connections: connections.clone(),
+            }),
+            cancel: Arc::new(Cancel {
+                planning: DefaultCancelHandler::new(connections),
+                running,
+            }),
+        }
+    }
+}
+
+impl PgWireServerHandlers for Handlers {
+    fn simple_query_handler(&self) -> Arc<impl SimpleQueryHandler> {
+        self.service.clone()
+    }
+
+    fn extended_query_handler(&self) -> Arc<impl ExtendedQueryHandler> {
+        self.service.clone()
+    }
+
+    fn startup_handler(&self) -> Arc<impl StartupHandler> {
+        self.startup.clone()
+    }
+
+    fn error_handler(&self) -> Arc<impl ErrorHandler> {
+        Arc::new(Errors)
+    }
+
+    fn cancel_handler(&self) -> Arc<impl CancelHandler> {
+        self.cancel.clone()
+    }
+}
+
+/// No password in the embedded default; registers each connection so a
+/// cancel request (psql's Ctrl-C) can find it.
+struct Startup {
+    connections: Arc<ConnectionManager>,
+}
+
+#[async_trait]
+impl NoopStartupHandler for Startup {
+    fn connection_manager(&self) -> Option<Arc<ConnectionManager>> {
+        Some(self.connections.clone())
+    }
+}
+
+fn user_error(e: SqlError) -> PgWireError {
+    let mut info = ErrorInfo::new("ERROR".to_string(), e.code.to_string(), e.message);
+    info.hint = e.hint;
+    PgWireError::UserError(Box::new(info))
+}
+
+/// Rewrites DataFusion's errors (which pgwire would send as XX000) into
+/// ones with the right SQLSTATE and a hint.
+struct Errors;
+
+impl ErrorHandler for Errors {
+    fn on_error<C>(&self, _client: &C, error: &mut PgWireError)
+    where
+        C: ClientInfo,
+    {
+        let mapped = match error {
+            PgWireError::ApiError(e) => {
+                if let Some(df) = e.downcast_ref::<datafusion::error::DataFusionError>() {
+                    Some(sediment_sql::sqlstate(df))
+                } else {
+                    e.downcast_ref::<SqlError>().cloned()
+                }
+            }
+            _ => None,
+        };
+        if let Some(m) = mapped {
+            tracing::debug!(code = m.code, message = %m.message, "query failed");
+            *error = user_error(m);
+        }
+    }
+}
+
+struct Service {
+    engine: Arc<Engine>,
+    df: Arc<DfSessionService>,
+    parser: Arc<Parser>,
+    running: Arc<Running>,
+}
+
+/// Result streams in flight, by connection (pid), with the secret a cancel
+/// request must present.
+#[derive(Default)]
+struct Running {
+    streams: parking_lot::Mutex<HashMap<i32, Entry>>,
+    next_id: std::sync::atomic::AtomicU64,
+}
+
+struct Entry {
+    secret: bytes::Bytes,
+    token: CancellationToken,
+    id: u64,
+}
+
+impl Running {
+    /// Registers a query of this connection; a cancel request for the
+    /// connection cancels the returned token.
+    fn register<C: ClientInfo>(self: &Arc<Self>, client: &C) -> Arc<Registered> {
+        let (pid, secret) = client.pid_and_secret_key();
+        let token = CancellationToken::new();
+        let id = self
+            .next_id
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.streams.lock().insert(
+            pid,
+            Entry {
+                secret: secret.to_bytes(),
+                token: token.clone(),
+                id,
+            },
+        );
+        Arc::new(Registered {
+            running: self.clone(),
+            pid,
+            id,
+            token,
+        })
+    }
+
+    fn cancel(&self, pid: i32, secret: &bytes::Bytes) {
+        if let Some(e) = self.streams.lock().get(&pid) {
+            if e.secret == *secret {
+                e.token.cancel();
+            }
+        }
+    }
+}
+
+/// A query's entry in [`Running`], removed when its result streams are
+/// dropped (unless a later query of the connection replaced it).
+struct Registered {
+    running: Arc<Running>,
+    pid: i32,
+    id: u64,
+    token: CancellationToken,
+}
+
+impl Drop for Registered {
+    fn drop(&mut self) {
+        let mut streams = self.running.streams.lock();
+        if streams.get(&self.pid).is_some_and(|e| e.id == self.id) {
+            streams.remove(&self.pid);
+        }
+    }
+}
+
+/// pgwire cancels a query only while it is planned; the rows are computed
+/// as they are sent. This cancels both.
+struct Cancel {
+    planning: DefaultCancelHandler,
+    running: Arc<Running>,
+}
+
+#[async_trait]
+impl CancelHandler for Cancel {
+    async fn on_cancel_request(&self, request: CancelRequest) {
+        self.running
+            .cancel(request.pid, &request.secret_key.to_bytes());
+        self.planning.on_cancel_request(request).await;
+    }
+}
+
+/// A result stream that ends with 57014 (query_canceled) when its token
+/// fires; dropping the inner stream stops DataFusion's work.
+struct Cancellable {
+    rows: Option<SendableRowStream>,
+    cancelled: Pin<Box<WaitForCancellationFutureOwned>>,
+    _registered: Arc<Registered>,
+}
+
+impl Stream for Cancellable {
+    type Item = PgWireResult<DataRow>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let Some(rows) = self.rows.as_mut() else {
+            return Poll::Ready(None);
+        };
+        if let Poll::Ready(item) = rows.as_mut().poll_next(cx) {
+            return Poll::Ready(item);
+        }
+        if self.cancelled.poll_unpin(cx).is_ready() {
+            self.rows = None;
+            return Poll::Ready(Some(Err(PgWireError::QueryCanceled)));
+        }
+        Poll::Pending
+    }
+}
+
+/// Makes query responses cancellable through `registered`.
+fn cancellable(responses: Vec<Response>, registered: &Arc<Registered>) -> Vec<Response> {
+    responses
+        .into_iter()
+        .map(|r| match r {
+            Response::Query(mut q) => {
+                let rows = std::mem::replace(q.data_rows(), Box::pin(futures::stream::empty()));
+                *q.data_rows() = Box::pin(Cancellable {
+                    rows: Some(rows),
+                    cancelled: Box::pin(registered.token.clone().cancelled_owned()),
+                    _registered: registered.clone(),
+                });
+                Response::Query(q)
+            }
+            other => other,
+        })
+        .collect()
+}
+
+#[async_trait]
+impl SimpleQueryHandler for Service {
+    async fn do_query<C>(&self, client: &mut C, query: &str) -> PgWireResult<Vec<Response>>
+    where
+        C: ClientInfo
+            + ClientPortalStore
+            + futures::Sink<PgWireBackendMessage>
+            + Unpin
+            + Send
+            + Sync,
+        C::PortalStore: PortalStore,
+        C::Error: Debug,
+        PgWireError: From<<C as futures::Sink<PgWireBackendMessage>>::Error>,
+    {
+        let statements = sediment_sql::split_statements(query).map_err(user_error)?;
+        if statements.is_empty() {
+            return Ok(vec![Response::EmptyQuery]);
+        }
+        let mut out = Vec::with_capacity(statements.len());
+        for s in statements {
+            match self.engine.prepare(&s).await.map_err(user_error)? {
+                Prepared::Custom(c) => {
+                    let tag = self.engine.run(c).await.map_err(user_error)?;
+                    out.push(Response::Execution(Tag::new(&tag)));
+                }
+                Prepared::Sql(sql) => {
+                    let registered = self.running.register(client);
+                    out.extend(cancellable(
+                        SimpleQueryHandler::do_query(&*self.df, client, &sql).await?,
+                        &registered,
+                    ));
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
+#[async_trait]
+impl ExtendedQueryHandler for Service {
+    type Statement = Statement;
+    type QueryParser = Parser;
+
+    fn query_parser(&self) -> Arc<Self::QueryParser> {
+        self.parser.clone()
+    }
+
+    async fn do_query<C>(
+        &self,
+        client: &mut C,
+        portal: &Portal<Self::Statement>,
+        max_rows: usize,
+    ) -> PgWireResult<Response>
+    where
+        C: ClientInfo
+            + ClientPortalStore
+            + futures::Sink<PgWireBackendMessage>
+            + Unpin
+            + Send
+            + Sync,
+        C::PortalStore: PortalStore<Statement = Self::Statement>,
+        C::Error: Debug,
+        PgWireError: From<<C as futures::Sink<PgWireBackendMessage>>::Error>,
+    {
+        let (sql, planned) = &portal.statement.statement;
+        if planned.is_none() && sediment_sql::statements::is_custom(sql) {
+            return match self.engine.prepare(sql).await.map_err(user_error)? {
+                Prepared::Custom(c) => {
+                    let tag = self.engine.run(c).await.map_err(user_error)?;
+                    Ok(Response::Execution(Tag::new(&tag)))
+                }
+                Prepared::Sql(_) => Ok(Response::EmptyQuery),
+            };
+        }
+        let registered = self.running.register(client);
+        let response = ExtendedQueryHandler::do_query(&*self.df, client, portal, max_rows).await?;
+        Ok(cancellable(vec![response], &registered)
+            .pop()
+            .unwrap_or(Response::EmptyQuery))
+    }
+}
+
+/// Parses for the extended protocol: Sediment's statements are kept as
+/// text (run at Execute), rewrites are parsed and planned as SQL.
+struct Parser {
+    engine: Arc<Engine>,
+    inner: Arc<DfParser>,
+}
+
+#[async_trait]
+impl QueryParser for Parser {
+    type Statement = Statement;
+
+    async fn parse_sql<C>(
+        &self,
+        client: &C,
+        sql: &str,
+        types: &[Option<Type>],
+    ) -> PgWireResult<Option<Self::Statement>>
+    where
+        C: ClientInfo + Unpin + Send + Sync,
+    {
+        let statements = sediment_sql::split_statements(sql).map_err(user_error)?;
+        let Some(first) = statements.first() else {
+            return self.inner.parse_sql(client, sql, types).await;
+        };
+        if statements.len() > 1 {
+            return Err(user_error(SqlError::syntax(
+                "cannot insert multiple commands into a prepared statement",
+            )));
+        }
+        match self.engine.prepare(first).await.map_err(user_error)? {
+            Prepared::Custom(_) => Ok(Some((first.clone(), None))),
+            Prepared::Sql(rewritten) => self.inner.parse_sql(client, &rewritten, types).await,
+        }
+    }
+
+    fn get_parameter_types(&self, stmt: &Self::Statement) -> PgWireResult<Vec<Type>> {
+        self.inner.get_parameter_types(stmt)
+    }
+
+    fn get_result_schema(
+        &self,
+        stmt: &Self::Statement,
+        column_format: Option<&Format>,
+    ) -> PgWireResult<Vec<FieldInfo>> {
+        self.inner.get_result_schema(stmt, column_format)
+    }
+}
+
+/// Sets up `pg_catalog` (and its functions) over the engine's catalog.
+pub fn install_pg_catalog(engine: &Engine) -> Result<(), String> {
+    datafusion_postgres::datafusion_pg_catalog::pg_catalog::setup_pg_catalog(
+        engine.context(),
+        sediment_sql::CATALOG,
+        Arc::new(datafusion_postgres::auth::AuthManager::default()),
+    )
+    .map_err(|e| e.to_string())
+}

@@ -84,7 +84,8 @@ class Broker:
                 *self.extra_args]
 
     def start(self, timeout: float = READY_TIMEOUT) -> float:
-        """Start and wait until the Kafka port answers ApiVersions; returns seconds taken."""
+        """Start and wait until the Kafka port answers ApiVersions and the Postgres port
+        accepts; returns seconds taken."""
         assert not self.running(), "broker already running"
         self.starts += 1
         self.stopping = False
@@ -107,7 +108,8 @@ class Broker:
             if self.proc.poll() is not None:
                 raise AssertionError(
                     f"broker exited with {self.proc.returncode} during startup\n{self.log_tail()}")
-            if self._port_open() and kafka_raw.broker_alive(self.bootstrap, timeout=2):
+            if (self._port_open() and kafka_raw.broker_alive(self.bootstrap, timeout=2)
+                    and self._port_open(self.pg_port)):
                 break
             if time.monotonic() > deadline:
                 raise AssertionError(f"broker not ready after {timeout}s\n{self.log_tail()}")
@@ -115,9 +117,14 @@ class Broker:
         self.last_ready_seconds = time.monotonic() - t0
         return self.last_ready_seconds
 
-    def _port_open(self) -> bool:
+    @property
+    def pg_dsn(self) -> str:
+        """libpq connection string for the Postgres listener (no password)."""
+        return f"host={self.host} port={self.pg_port} user=sediment dbname=sediment"
+
+    def _port_open(self, port: Optional[int] = None) -> bool:
         try:
-            with socket.create_connection((self.host, self.port), timeout=0.5):
+            with socket.create_connection((self.host, port or self.port), timeout=0.5):
                 return True
         except OSError:
             return False

@@ -123,9 +123,11 @@ pub fn writer_properties(kv: Vec<parquet::file::metadata::KeyValue>) -> WriterPr
     b.build()
 }
 
-/// Accumulates records into Arrow columns.
+/// Accumulates records into Arrow columns of [`schema`]: the archive
+/// writer and the SQL engine's hot-tier scan build rows the same way, so
+/// both tiers answer with identical columns.
 #[derive(Default)]
-struct Columns {
+pub struct Columns {
     offset: Vec<i64>,
     timestamp: Vec<i64>,
     timestamp_type: Vec<i8>,
@@ -144,11 +146,16 @@ struct Columns {
 }
 
 impl Columns {
-    fn rows(&self) -> usize {
+    pub fn rows(&self) -> usize {
         self.offset.len()
     }
 
-    fn push_batch(&mut self, h: &BatchHeader, recs: &[records::RecordRef<'_>]) {
+    /// Key, value and per-record overhead bytes accumulated so far.
+    pub fn raw_bytes(&self) -> usize {
+        self.raw_bytes
+    }
+
+    pub fn push_batch(&mut self, h: &BatchHeader, recs: &[records::RecordRef<'_>]) {
         if self.header_offsets.is_empty() {
             self.header_offsets.push(0);
         }
@@ -180,7 +187,8 @@ impl Columns {
         }
     }
 
-    fn finish(&mut self, partition: i32) -> Result<RecordBatch, ArchiveError> {
+    /// Takes the accumulated rows as one batch, leaving `self` empty.
+    pub fn finish(&mut self, partition: i32) -> Result<RecordBatch, ArchiveError> {
         let rows = self.rows();
         let mut taken = std::mem::take(self);
         let header_struct = StructArray::try_new(

@@ -62,6 +62,16 @@ pub struct ClientInfo {
     pub client_host: String,
 }
 
+/// A group as [`GroupCoordinator::overview`] reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupOverview {
+    pub group_id: String,
+    pub state: String,
+    pub protocol_type: String,
+    pub protocol: String,
+    pub members: usize,
+}
+
 /// One committed offset, for system tables.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CommittedOffset {
@@ -1034,6 +1044,45 @@ impl GroupCoordinator {
             (&a.group, &a.topic, a.partition).cmp(&(&b.group, &b.topic, b.partition))
         });
         out
+    }
+
+    /// Every known group for tools and system tables: live groups, and
+    /// groups known only by committed offsets (Empty), sorted by id.
+    pub fn overview(&self) -> Vec<GroupOverview> {
+        let mut out: BTreeMap<String, GroupOverview> = BTreeMap::new();
+        let groups: Vec<_> = self.groups.read().values().cloned().collect();
+        for g in groups {
+            let g = g.lock();
+            if g.state != GroupState::Dead {
+                out.insert(
+                    g.id.clone(),
+                    GroupOverview {
+                        group_id: g.id.clone(),
+                        state: g.state.as_str().to_string(),
+                        protocol_type: g.protocol_type.clone().unwrap_or_default(),
+                        protocol: g.protocol_name.clone().unwrap_or_default(),
+                        members: g.members.len(),
+                    },
+                );
+            }
+        }
+        self.store.read(|map| {
+            for (id, parts) in map {
+                if !parts.is_empty() && !out.contains_key(id) {
+                    out.insert(
+                        id.clone(),
+                        GroupOverview {
+                            group_id: id.clone(),
+                            state: GroupState::Empty.as_str().to_string(),
+                            protocol_type: String::new(),
+                            protocol: String::new(),
+                            members: 0,
+                        },
+                    );
+                }
+            }
+        });
+        out.into_values().collect()
     }
 
     // ---------------------------------------------------------------- List/Describe

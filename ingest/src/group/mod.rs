@@ -61,7 +61,7 @@ mod tests;
 use std::path::PathBuf;
 use std::time::Duration;
 
-pub use coordinator::{ClientInfo, CommittedOffset, GroupCoordinator};
+pub use coordinator::{ClientInfo, CommittedOffset, GroupCoordinator, GroupOverview};
 pub use offsets::store::{CorruptionReport, RecoveryReport};
 
 /// JoinGroup versions served (min, max).

@@ -1,0 +1,240 @@
+//! What a query's filters say about partitions, offsets and timestamps:
+//! the bounds both tiers prune with (archive files by their manifest
+//! statistics, hot segments by the offset and time indexes).
+//!
+//! Only conjunctions of simple comparisons between a column and a literal
+//! are understood; anything else prunes nothing. Pruning is never the last
+//! word: the filter still runs above the scan, so a bound here only has to
+//! be *wide enough*, never exact.
+
+use std::collections::BTreeSet;
+
+use datafusion::common::ScalarValue;
+use datafusion::logical_expr::utils::split_conjunction;
+use datafusion::logical_expr::{Between, BinaryExpr, Expr, Operator};
+
+/// Bounds on the raw columns `partition`, `offset` and `timestamp` (ms).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Bounds {
+    /// `None`: every partition.
+    pub partitions: Option<BTreeSet<i32>>,
+    /// Offsets in `[offset_lo, offset_hi)`.
+    pub offset_lo: i64,
+    pub offset_hi: i64,
+    /// Timestamps in `[ts_lo, ts_hi]` (ms since the epoch).
+    pub ts_lo: i64,
+    pub ts_hi: i64,
+}
+
+impl Default for Bounds {
+    fn default() -> Self {
+        Bounds {
+            partitions: None,
+            offset_lo: 0,
+            offset_hi: i64::MAX,
+            ts_lo: i64::MIN,
+            ts_hi: i64::MAX,
+        }
+    }
+}
+
+impl Bounds {
+    /// Bounds implied by `filters` (ANDed) over columns named `partition`,
+    /// `offset` and `timestamp`.
+    pub fn from_filters(filters: &[Expr]) -> Self {
+        let mut b = Bounds::default();
+        for f in filters {
+            for e in split_conjunction(f) {
+                b.apply(e);
+            }
+        }
+        b
+    }
+
+    /// True when no row can match.
+    pub fn is_empty(&self) -> bool {
+        self.offset_lo >= self.offset_hi
+            || self.ts_lo > self.ts_hi
+            || self.partitions.as_ref().is_some_and(BTreeSet::is_empty)
+    }
+
+    pub fn has_partition(&self, p: i32) -> bool {
+        self.partitions.as_ref().is_none_or(|s| s.contains(&p))
+    }
+
+    /// Whether a range of offsets `[base, next)` whose timestamps lie in
+    /// `[min_ts, max_ts]` can hold a matching row.
+    pub fn overlaps(&self, base: i64, next: i64, min_ts: i64, max_ts: i64) -> bool {
+        base < self.offset_hi
+            && next > self.offset_lo
+            && max_ts >= self.ts_lo
+            && min_ts <= self.ts_hi
+    }
+
+    fn apply(&mut self, e: &Expr) {
+        match e {
+            Expr::BinaryExpr(BinaryExpr { left, op, right }) => {
+                if let (Some(col), Some(v)) = (column(left), literal(right)) {
+                    self.compare(col, *op, v);
+                } else if let (Some(v), Some(col)) = (literal(left), column(right)) {
+                    if let Some(op) = op.swap() {
+                        self.compare(col, op, v);
+                    }
+                }
+            }
+            Expr::Between(Between {
+                expr,
+                negated: false,
+                low,
+                high,
+            }) => {
+                if let (Some(col), Some(lo), Some(hi)) = (column(expr), literal(low), literal(high))
+                {
+                    self.compare(col, Operator::GtEq, lo);
+                    self.compare(col, Operator::LtEq, hi);
+                }
+            }
+            Expr::InList(list) if !list.negated && column(&list.expr) == Some("partition") => {
+                let values: Option<BTreeSet<i32>> = list
+                    .list
+                    .iter()
+                    .map(|v| literal(v).and_then(|v| i32::try_from(v).ok()))
+                    .collect();
+                if let Some(values) = values {
+                    self.restrict_partitions(values);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn compare(&mut self, col: &str, op: Operator, v: i64) {
+        match col {
+            "offset" => narrow(&mut self.offset_lo, &mut self.offset_hi, op, v),
+            "timestamp" => {
+                // Inclusive upper bound here: turn `< v` into `<= v - 1`.
+                let mut hi = self.ts_hi.saturating_add(1);
+                narrow(&mut self.ts_lo, &mut hi, op, v);
+                self.ts_hi = hi.saturating_sub(1);
+            }
+            "partition" if op == Operator::Eq => {
+                // An out-of-range partition number matches no partition.
+                let p = i32::try_from(v).ok();
+                self.restrict_partitions(p.into_iter().collect());
+            }
+            _ => {}
+        }
+    }
+
+    fn restrict_partitions(&mut self, values: BTreeSet<i32>) {
+        self.partitions = Some(match self.partitions.take() {
+            None => values,
+            Some(s) => s.intersection(&values).copied().collect(),
+        });
+    }
+}
+
+/// Narrows a half-open `[lo, hi)` range by `col op v`.
+fn narrow(lo: &mut i64, hi: &mut i64, op: Operator, v: i64) {
+    match op {
+        Operator::Eq => {
+            *lo = (*lo).max(v);
+            *hi = (*hi).min(v.saturating_add(1));
+        }
+        Operator::Gt => *lo = (*lo).max(v.saturating_add(1)),
+        Operator::GtEq => *lo = (*lo).max(v),
+        Operator::Lt => *hi = (*hi).min(v),
+        Operator::LtEq => *hi = (*hi).min(v.saturating_add(1)),
+        _ => {}
+    }
+}
+
+fn column(e: &Expr) -> Option<&str> {
+    match e {
+        // A cast column is not a bound (a narrowing cast wraps); DataFusion
+        // casts the literal instead wherever it can.
+        Expr::Column(c) => Some(c.name.as_str()),
+        _ => None,
+    }
+}
+
+/// Integers and timestamps (as milliseconds) from a literal.
+fn literal(e: &Expr) -> Option<i64> {
+    let Expr::Literal(v, _) = e else {
+        return None;
+    };
+    match v {
+        ScalarValue::Int8(Some(x)) => Some(i64::from(*x)),
+        ScalarValue::Int16(Some(x)) => Some(i64::from(*x)),
+        ScalarValue::Int32(Some(x)) => Some(i64::from(*x)),
+        ScalarValue::Int64(Some(x)) => Some(*x),
+        ScalarValue::UInt8(Some(x)) => Some(i64::from(*x)),
+        ScalarValue::UInt16(Some(x)) => Some(i64::from(*x)),
+        ScalarValue::UInt32(Some(x)) => Some(i64::from(*x)),
+        ScalarValue::UInt64(Some(x)) => i64::try_from(*x).ok(),
+        ScalarValue::TimestampSecond(Some(x), _) => x.checked_mul(1000),
+        ScalarValue::TimestampMillisecond(Some(x), _) => Some(*x),
+        // Sub-millisecond literals bound nothing unless whole milliseconds
+        // (rounding either way would cut rows off one side).
+        ScalarValue::TimestampMicrosecond(Some(x), _) if x % 1000 == 0 => Some(x / 1000),
+        ScalarValue::TimestampNanosecond(Some(x), _) if x % 1_000_000 == 0 => Some(x / 1_000_000),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use datafusion::prelude::{col, lit};
+
+    #[test]
+    fn conjunctions_of_comparisons_narrow_the_bounds() {
+        let b = Bounds::from_filters(&[
+            col("offset")
+                .gt_eq(lit(10i64))
+                .and(col("offset").lt(lit(20i64))),
+            col("partition").eq(lit(1i32)),
+            col("timestamp").between(
+                lit(ScalarValue::TimestampMillisecond(
+                    Some(1000),
+                    Some("UTC".into()),
+                )),
+                lit(ScalarValue::TimestampMillisecond(
+                    Some(2000),
+                    Some("UTC".into()),
+                )),
+            ),
+        ]);
+        assert_eq!((b.offset_lo, b.offset_hi), (10, 20));
+        assert_eq!((b.ts_lo, b.ts_hi), (1000, 2000));
+        assert_eq!(b.partitions, Some(BTreeSet::from([1])));
+        assert!(b.overlaps(15, 16, 1500, 1500));
+        assert!(!b.overlaps(20, 30, 1500, 1500));
+        assert!(!b.overlaps(10, 20, 2001, 3000));
+        assert!(!b.is_empty());
+    }
+
+    #[test]
+    fn literal_on_the_left_and_contradictions() {
+        let b =
+            Bounds::from_filters(&[lit(5i64).lt(col("offset")), col("offset").lt_eq(lit(5i64))]);
+        assert_eq!((b.offset_lo, b.offset_hi), (6, 6));
+        assert!(b.is_empty());
+        let b = Bounds::from_filters(&[
+            col("partition").in_list(vec![lit(0i32), lit(2i32)], false),
+            col("partition").eq(lit(2i32)),
+        ]);
+        assert_eq!(b.partitions, Some(BTreeSet::from([2])));
+    }
+
+    #[test]
+    fn what_is_not_understood_prunes_nothing() {
+        let b = Bounds::from_filters(&[
+            col("offset").gt(lit(3i64)).or(col("offset").lt(lit(1i64))),
+            col("value").is_null(),
+            col("offset").not_eq(lit(7i64)),
+        ]);
+        assert_eq!(b, Bounds::default());
+    }
+}

@@ -1,0 +1,528 @@
+//! A topic as one table over both tiers.
+//!
+//! A scan takes, per Kafka partition, one snapshot: the archive manifest
+//! (files up to its end offset `E`) and then the high watermark `HW`. Rows
+//! below `E` come from the Parquet files through DataFusion's Parquet scan
+//! (row-group and page pruning with the files' statistics); rows in
+//! `[E, HW)` come from the hot segments. The manifest is read before the
+//! high watermark, so `E <= HW` and the two ranges meet exactly: no gap, no
+//! duplicate. Should local retention delete a hot segment after the
+//! snapshot (it only deletes what the archive already holds), the hot scan
+//! reads those offsets back from the archive instead.
+
+use std::fmt;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use datafusion::arrow::array::RecordBatch;
+use datafusion::arrow::datatypes::{Schema, SchemaRef};
+use datafusion::catalog::{Session, TableProvider};
+use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
+use datafusion::common::{Column, DFSchema, Result};
+use datafusion::datasource::listing::PartitionedFile;
+use datafusion::datasource::physical_plan::{FileGroup, FileScanConfigBuilder, ParquetSource};
+use datafusion::datasource::source::DataSourceExec;
+use datafusion::datasource::TableType;
+use datafusion::error::DataFusionError;
+use datafusion::execution::object_store::ObjectStoreUrl;
+use datafusion::execution::{SendableRecordBatchStream, TaskContext};
+use datafusion::logical_expr::utils::conjunction;
+use datafusion::logical_expr::{Expr, TableProviderFilterPushDown};
+use datafusion::physical_expr::{EquivalenceProperties, PhysicalExpr};
+use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
+use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
+use datafusion::physical_plan::union::UnionExec;
+use datafusion::physical_plan::{
+    DisplayAs, DisplayFormatType, ExecutionPlan, Partitioning, PlanProperties,
+};
+use sediment_log::{batch, records, LogError, LogManager, Partition};
+use sediment_tiering::convert::{self, Columns};
+use sediment_tiering::{Archive, ArchiveRead};
+
+use crate::ranges::Bounds;
+
+/// The URL the archive's object store is registered under in DataFusion.
+pub const ARCHIVE_STORE_URL: &str = "sediment-archive://archive/";
+
+/// Columns of `topics.<name>`, as indexes into the archive file schema.
+const TABLE_COLUMNS: [usize; 6] = [0, 1, 2, 4, 5, 6];
+/// Raw columns a filter may prune with (names shared by table and files).
+pub(crate) const PRUNING_COLUMNS: [&str; 4] = ["partition", "offset", "timestamp", "key"];
+
+/// Bytes per hot-tier read: large enough to amortise a read, small enough
+/// that a cancelled query stops promptly.
+const HOT_CHUNK_BYTES: usize = 1 << 20;
+/// A batch size no valid batch exceeds (the log validated every batch).
+const MAX_BATCH: usize = i32::MAX as usize;
+
+/// The schema of `topics.<name>`: partition, offset, timestamp, key, value,
+/// headers.
+pub fn table_schema() -> SchemaRef {
+    let file = convert::schema();
+    Arc::new(Schema::new(
+        TABLE_COLUMNS
+            .iter()
+            .map(|&i| file.field(i).clone())
+            .collect::<Vec<_>>(),
+    ))
+}
+
+#[derive(Debug)]
+pub struct TopicTable {
+    topic: String,
+    log: Arc<LogManager>,
+    archive: Arc<Archive>,
+    schema: SchemaRef,
+}
+
+impl TopicTable {
+    pub fn new(topic: &str, log: Arc<LogManager>, archive: Arc<Archive>) -> Self {
+        TopicTable {
+            topic: topic.to_string(),
+            log,
+            archive,
+            schema: table_schema(),
+        }
+    }
+
+    pub fn topic(&self) -> &str {
+        &self.topic
+    }
+
+    pub fn log(&self) -> &Arc<LogManager> {
+        &self.log
+    }
+}
+
+/// Filters only on the pruning columns are pushed to the scan, inexactly:
+/// they prune files, row groups, pages and segments, and DataFusion still
+/// applies them to the rows.
+pub(crate) fn pushdown(filters: &[&Expr], columns: &[&str]) -> Vec<TableProviderFilterPushDown> {
+    filters
+        .iter()
+        .map(|f| {
+            let mut only_ours = true;
+            let _ = f.apply(|e| {
+                if let Expr::Column(c) = e {
+                    if !columns.contains(&c.name.as_str()) {
+                        only_ours = false;
+                        return Ok(TreeNodeRecursion::Stop);
+                    }
+                }
+                Ok(TreeNodeRecursion::Continue)
+            });
+            if only_ours {
+                TableProviderFilterPushDown::Inexact
+            } else {
+                TableProviderFilterPushDown::Unsupported
+            }
+        })
+        .collect()
+}
+
+/// `filters` with column qualifiers removed (the scan resolves by name).
+pub(crate) fn unqualified(filters: &[Expr]) -> Vec<Expr> {
+    filters
+        .iter()
+        .filter_map(|f| {
+            f.clone()
+                .transform(|e| match e {
+                    Expr::Column(c) if c.relation.is_some() => Ok(Transformed::yes(Expr::Column(
+                        Column::new_unqualified(c.name),
+                    ))),
+                    e => Ok(Transformed::no(e)),
+                })
+                .ok()
+                .map(|t| t.data)
+        })
+        .collect()
+}
+
+#[async_trait]
+impl TableProvider for TopicTable {
+    fn schema(&self) -> SchemaRef {
+        self.schema.clone()
+    }
+
+    fn table_type(&self) -> TableType {
+        TableType::Base
+    }
+
+    fn supports_filters_pushdown(
+        &self,
+        filters: &[&Expr],
+    ) -> Result<Vec<TableProviderFilterPushDown>> {
+        Ok(pushdown(filters, &PRUNING_COLUMNS))
+    }
+
+    async fn scan(
+        &self,
+        state: &dyn Session,
+        projection: Option<&Vec<usize>>,
+        filters: &[Expr],
+        limit: Option<usize>,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        let filters = unqualified(filters);
+        let plan = ScanPlan::new(&self.log, &self.archive, &self.topic, &filters)?;
+        let file_projection: Vec<usize> = match projection {
+            Some(p) => p.iter().map(|&i| TABLE_COLUMNS[i]).collect(),
+            None => TABLE_COLUMNS.to_vec(),
+        };
+        let projected = Arc::new(
+            self.schema
+                .project(projection.map_or(&(0..TABLE_COLUMNS.len()).collect::<Vec<_>>(), |p| p))?,
+        );
+        let mut inputs: Vec<Arc<dyn ExecutionPlan>> = Vec::new();
+        if !plan.files.is_empty() {
+            let file_schema = convert::schema();
+            let mut source = ParquetSource::new(file_schema.clone())
+                .with_pushdown_filters(true)
+                .with_reorder_filters(true)
+                .with_enable_page_index(true);
+            if let Some(pred) = conjunction(filters.clone()) {
+                let df_schema = DFSchema::try_from(file_schema.as_ref().clone())?;
+                let pred: Arc<dyn PhysicalExpr> = state.create_physical_expr(pred, &df_schema)?;
+                source = source.with_predicate(pred);
+            }
+            let config = FileScanConfigBuilder::new(
+                ObjectStoreUrl::parse(ARCHIVE_STORE_URL)?,
+                Arc::new(source),
+            )
+            .with_file_group(FileGroup::new(plan.files.clone()))
+            .with_projection_indices(Some(file_projection.clone()))?
+            .with_limit(limit)
+            .build();
+            inputs.push(DataSourceExec::from_data_source(config));
+        }
+        if !plan.hot.is_empty() {
+            inputs.push(Arc::new(HotScanExec::new(
+                self.topic.clone(),
+                plan.hot,
+                self.archive.clone(),
+                file_projection,
+                projected.clone(),
+                limit,
+            )));
+        }
+        if inputs.is_empty() {
+            return Ok(Arc::new(datafusion::physical_plan::empty::EmptyExec::new(
+                projected,
+            )));
+        }
+        UnionExec::try_new(inputs)
+    }
+}
+
+/// What one scan reads: archive files and hot ranges, from one snapshot.
+pub(crate) struct ScanPlan {
+    pub files: Vec<PartitionedFile>,
+    pub hot: Vec<HotRange>,
+}
+
+impl ScanPlan {
+    fn new(log: &LogManager, archive: &Archive, topic: &str, filters: &[Expr]) -> Result<Self> {
+        let t = log
+            .topic(topic)
+            .ok_or_else(|| DataFusionError::Plan(format!("topic '{topic}' does not exist")))?;
+        let bounds = Bounds::from_filters(filters);
+        let mut plan = ScanPlan {
+            files: Vec::new(),
+            hot: Vec::new(),
+        };
+        if bounds.is_empty() {
+            return Ok(plan);
+        }
+        for (i, p) in t.partitions.iter().enumerate() {
+            let index = i32::try_from(i).unwrap_or(i32::MAX);
+            if !bounds.has_partition(index) {
+                continue;
+            }
+            // Manifest first, then the high watermark: E <= HW.
+            let manifest = if p.tiered() {
+                archive.manifest(topic, index)
+            } else {
+                None
+            };
+            let hw = p.high_watermark();
+            let mut archive_end = 0;
+            if let Some(m) = &manifest {
+                archive_end = m.end_offset;
+                for f in &m.files {
+                    if bounds.overlaps(
+                        f.base_offset,
+                        f.next_offset,
+                        f.min_timestamp,
+                        f.max_timestamp,
+                    ) {
+                        plan.files.push(PartitionedFile::new(
+                            archive.file_path(topic, index, f).to_string(),
+                            f.bytes,
+                        ));
+                    }
+                }
+            }
+            let from = archive_end.max(p.log_start_offset()).max(bounds.offset_lo);
+            let to = hw.min(bounds.offset_hi);
+            if from < to {
+                plan.hot.push(HotRange {
+                    partition: p.clone(),
+                    index,
+                    from,
+                    to,
+                    ts_lo: bounds.ts_lo,
+                });
+            }
+        }
+        Ok(plan)
+    }
+}
+
+/// Offsets `[from, to)` of one partition, read from the hot segments.
+#[derive(Clone)]
+pub(crate) struct HotRange {
+    partition: Arc<Partition>,
+    index: i32,
+    from: i64,
+    to: i64,
+    /// Rows before the first record at or after this time can be skipped.
+    ts_lo: i64,
+}
+
+impl fmt::Debug for HotRange {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "p{}=[{},{})", self.index, self.from, self.to)
+    }
+}
+
+/// Reads hot ranges, one output partition per Kafka partition.
+#[derive(Debug)]
+pub struct HotScanExec {
+    topic: String,
+    ranges: Vec<HotRange>,
+    archive: Arc<Archive>,
+    /// Archive-schema column indexes to output.
+    projection: Vec<usize>,
+    schema: SchemaRef,
+    limit: Option<usize>,
+    props: Arc<PlanProperties>,
+}
+
+impl HotScanExec {
+    fn new(
+        topic: String,
+        ranges: Vec<HotRange>,
+        archive: Arc<Archive>,
+        projection: Vec<usize>,
+        schema: SchemaRef,
+        limit: Option<usize>,
+    ) -> Self {
+        let props = Arc::new(PlanProperties::new(
+            EquivalenceProperties::new(schema.clone()),
+            Partitioning::UnknownPartitioning(ranges.len().max(1)),
+            EmissionType::Incremental,
+            Boundedness::Bounded,
+        ));
+        HotScanExec {
+            topic,
+            ranges,
+            archive,
+            projection,
+            schema,
+            limit,
+            props,
+        }
+    }
+}
+
+impl DisplayAs for HotScanExec {
+    fn fmt_as(&self, _t: DisplayFormatType, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "HotScanExec: topic={} ranges=[", self.topic)?;
+        for (i, r) in self.ranges.iter().enumerate() {
+            if i > 0 {
+                write!(f, ", ")?;
+            }
+            write!(f, "{r:?}")?;
+            let segs = r
+                .partition
+                .segments()
+                .iter()
+                .filter(|s| s.base_offset < r.to && s.next_offset > r.from)
+                .count();
+            write!(f, " segments={segs}")?;
+        }
+        write!(f, "]")?;
+        if let Some(l) = self.limit {
+            write!(f, " limit={l}")?;
+        }
+        Ok(())
+    }
+}
+
+impl ExecutionPlan for HotScanExec {
+    fn name(&self) -> &str {
+        "HotScanExec"
+    }
+
+    fn properties(&self) -> &Arc<PlanProperties> {
+        &self.props
+    }
+
+    fn children(&self) -> Vec<&Arc<dyn ExecutionPlan>> {
+        vec![]
+    }
+
+    fn apply_expressions(
+        &self,
+        _f: &mut dyn FnMut(&Arc<dyn PhysicalExpr>) -> Result<TreeNodeRecursion>,
+    ) -> Result<TreeNodeRecursion> {
+        Ok(TreeNodeRecursion::Continue)
+    }
+
+    fn with_new_children(
+        self: Arc<Self>,
+        _children: Vec<Arc<dyn ExecutionPlan>>,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        Ok(self)
+    }
+
+    fn execute(
+        &self,
+        partition: usize,
+        _context: Arc<TaskContext>,
+    ) -> Result<SendableRecordBatchStream> {
+        let Some(range) = self.ranges.get(partition).cloned() else {
+            return Ok(Box::pin(RecordBatchStreamAdapter::new(
+                self.schema.clone(),
+                futures::stream::empty(),
+            )));
+        };
+        let reader = HotReader {
+            topic: self.topic.clone(),
+            archive: self.archive.clone(),
+            projection: self.projection.clone(),
+            pos: range.from,
+            range,
+            left: self.limit.unwrap_or(usize::MAX),
+            started: false,
+        };
+        let stream = futures::stream::try_unfold(reader, |mut r| async move {
+            let batch = r.next_batch().await?;
+            Ok(batch.map(|b| (b, r)))
+        });
+        Ok(Box::pin(RecordBatchStreamAdapter::new(
+            self.schema.clone(),
+            stream,
+        )))
+    }
+}
+
+struct HotReader {
+    topic: String,
+    archive: Arc<Archive>,
+    projection: Vec<usize>,
+    range: HotRange,
+    pos: i64,
+    left: usize,
+    started: bool,
+}
+
+fn external(e: impl std::error::Error + Send + Sync + 'static) -> DataFusionError {
+    DataFusionError::External(Box::new(e))
+}
+
+impl HotReader {
+    /// The next non-empty batch of rows, or None at the end of the range.
+    async fn next_batch(&mut self) -> Result<Option<RecordBatch>> {
+        if !self.started {
+            self.started = true;
+            if self.range.ts_lo > i64::MIN {
+                // Skip what is older than the lower time bound: the time
+                // index gives the first offset that can match.
+                let p = self.range.partition.clone();
+                let ts = self.range.ts_lo;
+                let first = tokio::task::spawn_blocking(move || p.offset_for_timestamp(ts))
+                    .await
+                    .map_err(external)?;
+                match first {
+                    Ok(Some((offset, _))) => self.pos = self.pos.max(offset),
+                    Ok(None) => self.pos = self.range.to,
+                    // Below the local start: read from `from` as usual.
+                    Err(_) => {}
+                }
+            }
+        }
+        while self.pos < self.range.to && self.left > 0 {
+            let bytes = self.read_chunk().await?;
+            if bytes.is_empty() {
+                break;
+            }
+            let mut cols = Columns::default();
+            let mut next = self.pos;
+            for (at, h) in batch::BatchIter::new(&bytes, MAX_BATCH, false) {
+                if h.base_offset >= self.range.to {
+                    break;
+                }
+                next = h.next_offset();
+                if h.next_offset() <= self.pos || h.is_control() {
+                    continue;
+                }
+                let raw = &bytes[at..at + h.size];
+                let payload = records::payload(raw, &h).map_err(external)?;
+                let recs = records::decode(&h, &payload).map_err(external)?;
+                let keep: Vec<_> = recs
+                    .into_iter()
+                    .filter(|r| r.offset >= self.pos && r.offset < self.range.to)
+                    .collect();
+                cols.push_batch(&h, &keep);
+            }
+            if next <= self.pos {
+                // Nothing decodable moved us forward: stop rather than spin.
+                return Err(DataFusionError::Execution(format!(
+                    "topic {} partition {}: no batch at offset {}",
+                    self.topic, self.range.index, self.pos
+                )));
+            }
+            self.pos = next;
+            if cols.rows() == 0 {
+                continue;
+            }
+            let rows = cols.rows();
+            let full = cols.finish(self.range.index).map_err(external)?;
+            let mut out = full.project(&self.projection)?;
+            if rows > self.left {
+                out = out.slice(0, self.left);
+            }
+            self.left -= out.num_rows();
+            return Ok(Some(out));
+        }
+        Ok(None)
+    }
+
+    /// Whole batches from `pos`: from the segments, or from the archive if
+    /// local retention removed them since the scan was planned.
+    async fn read_chunk(&self) -> Result<bytes::Bytes> {
+        let p = self.range.partition.clone();
+        let pos = self.pos;
+        let local = tokio::task::spawn_blocking(move || p.read(pos, HOT_CHUNK_BYTES, true))
+            .await
+            .map_err(external)?;
+        match local {
+            Ok(r) => Ok(r.records),
+            Err(LogError::OffsetOutOfRange { start, .. }) if pos < start => {
+                match self
+                    .archive
+                    .read(&self.topic, self.range.index, pos, HOT_CHUNK_BYTES)
+                    .await
+                    .map_err(external)?
+                {
+                    ArchiveRead::Batches(b) => Ok(b),
+                    ArchiveRead::NotArchived => Err(DataFusionError::Execution(format!(
+                        "topic {} partition {}: offset {pos} left both tiers during the query",
+                        self.topic, self.range.index
+                    ))),
+                }
+            }
+            Err(e) => Err(external(e)),
+        }
+    }
+}
