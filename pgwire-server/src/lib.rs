@@ -171,6 +171,10 @@ impl ErrorHandler for Errors {
             PgWireError::ApiError(e) => {
                 if let Some(df) = e.downcast_ref::<datafusion::error::DataFusionError>() {
                     Some(sediment_sql::sqlstate(df))
+                } else if let Some(p) =
+                    e.downcast_ref::<datafusion::sql::sqlparser::parser::ParserError>()
+                {
+                    Some(SqlError::syntax(p.to_string()))
                 } else {
                     e.downcast_ref::<SqlError>().cloned()
                 }

@@ -400,6 +400,20 @@ pub fn sqlstate(e: &DataFusionError) -> SqlError {
         DataFusionError::ParquetError(_) => "XX001",
         _ => "XX000",
     };
+    // Postgres' wording, which clients and people recognise.
+    let message = match (code, message.split_once("table '")) {
+        ("42P01", Some((_, rest))) => match rest.split_once("' not found") {
+            Some((name, _)) => {
+                let name = name
+                    .strip_prefix("sediment.public.")
+                    .or_else(|| name.strip_prefix("sediment."))
+                    .unwrap_or(name);
+                format!("relation \"{name}\" does not exist")
+            }
+            None => message,
+        },
+        _ => message,
+    };
     let hint = match code {
         "42P01" => Some(
             "SHOW STREAMS and SHOW TOPICS list what exists; topics are in schema topics (topics.<name>)"

@@ -303,7 +303,12 @@ async fn errors_carry_sqlstates_and_say_what_to_do() {
         let engine = f.engine.clone();
         async move { engine.execute(sql).await.unwrap_err() }
     };
-    assert_eq!(code("SELECT * FROM nope").await.code, "42P01");
+    let e = code("SELECT * FROM nope").await;
+    assert_eq!(
+        (e.code, e.message.as_str()),
+        ("42P01", "relation \"nope\" does not exist")
+    );
+    assert!(e.hint.is_some());
     assert_eq!(code("SELEC 1").await.code, "42601");
     let e = code("CREATE STREAM s (a INT) WITH (KAFKA_TOPIC='missing')").await;
     assert_eq!(e.code, "42P01");

@@ -44,14 +44,19 @@ def connect(broker) -> psycopg.Connection:
     return psycopg.connect(broker.pg_dsn, autocommit=True, connect_timeout=10)
 
 
+# record times a day old, one second apart: recent enough that retention.ms
+# (7 days by default) keeps them on both tiers
+BASE_TS = (int(time.time()) // 3600 - 24) * 3_600_000
+
+
 def trade(i: int) -> dict:
     return {"user_id": f"u{i % 7}", "amount": round(i * 1.25, 2), "qty": i % 11,
-            "ts": 1_700_000_000_000 + i * 1000}
+            "ts": BASE_TS + i * 1000}
 
 
 def produce_json(broker, topic: str, rows: list[dict], partitions: int = 1,
-                 ts_of=lambda r: r["ts"]) -> None:
-    p = producer(broker.bootstrap, **{"linger.ms": 20})
+                 ts_of=lambda r: r["ts"], **conf) -> None:
+    p = producer(broker.bootstrap, **{"linger.ms": 20, **conf})
     for i, r in enumerate(rows):
         p.produce(topic, key=r["user_id"].encode(), value=json.dumps(r).encode(),
                   partition=i % partitions, timestamp=ts_of(r))
@@ -142,7 +147,8 @@ def test_queries_spanning_archive_and_hot_tiers_return_exactly_what_was_produced
     create_topic(broker.bootstrap, topic, partitions=2,
                  config={"segment.bytes": "4096", "local.retention.bytes": "0"})
     old = [trade(i) for i in range(2000)]
-    produce_json(broker, topic, old, partitions=2)
+    # small batches, so the 4 KiB segments roll many times
+    produce_json(broker, topic, old, partitions=2, **{"batch.size": 2048})
     with connect(broker) as conn:
         conn.execute(f"CREATE STREAM spans (user_id VARCHAR, amount DOUBLE, qty BIGINT, "
                      f"ts BIGINT) WITH (KAFKA_TOPIC='{topic}')")
@@ -216,7 +222,7 @@ def test_malformed_values_give_null_rows_and_are_counted(broker):
 def test_stream_definitions_survive_a_restart(broker):
     topic = unique("durable")
     psql(broker, sql=f"CREATE STREAM durable (v BIGINT) WITH (KAFKA_TOPIC='{topic}', PARTITIONS=2)")
-    produce_json(broker, topic, [{"user_id": "a", "v": i, "ts": 1000 + i} for i in range(10)], 2)
+    produce_json(broker, topic, [{"user_id": "a", "v": i, "ts": BASE_TS + i} for i in range(10)], 2)
     broker.restart()
     assert psql(broker, sql="SELECT sum(v) FROM durable").stdout.strip() == "45"
     psql(broker, sql="DROP STREAM durable")
