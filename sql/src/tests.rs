@@ -420,3 +420,86 @@ async fn insert_produces_json_records_keyed_like_a_kafka_producer() {
         .unwrap_err();
     assert_eq!(e.code, "22023", "{e:?}");
 }
+
+/// The sqllogictest files in `sql/tests/slt/`, each on a fresh engine, run
+/// through [`Engine::execute`] (the dispatcher the Postgres front door
+/// uses, so Sediment's statements and error mapping are covered).
+mod slt {
+    use super::*;
+    use datafusion::arrow::util::display::{ArrayFormatter, FormatOptions};
+    use sqllogictest::{DBOutput, DefaultColumnType};
+
+    struct Db {
+        f: Fixture,
+    }
+
+    #[derive(Debug)]
+    struct SltError(crate::SqlError);
+
+    impl std::fmt::Display for SltError {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(f, "{} ({})", self.0.message, self.0.code)
+        }
+    }
+
+    impl std::error::Error for SltError {}
+
+    #[async_trait::async_trait]
+    impl sqllogictest::AsyncDB for Db {
+        type Error = SltError;
+        type ColumnType = DefaultColumnType;
+
+        async fn run(&mut self, sql: &str) -> Result<DBOutput<DefaultColumnType>, SltError> {
+            match self.f.engine.execute(sql).await.map_err(SltError)? {
+                Outcome::Command(_) => Ok(DBOutput::StatementComplete(0)),
+                Outcome::Rows(schema, batches) => {
+                    let options = FormatOptions::default().with_null("NULL");
+                    let mut rows = Vec::new();
+                    for b in &batches {
+                        let formatters: Vec<_> = b
+                            .columns()
+                            .iter()
+                            .map(|c| ArrayFormatter::try_new(c.as_ref(), &options).unwrap())
+                            .collect();
+                        for r in 0..b.num_rows() {
+                            rows.push(formatters.iter().map(|f| f.value(r).to_string()).collect());
+                        }
+                    }
+                    Ok(DBOutput::Rows {
+                        types: vec![DefaultColumnType::Any; schema.fields().len()],
+                        rows,
+                    })
+                }
+            }
+        }
+
+        async fn shutdown(&mut self) {}
+
+        fn engine_name(&self) -> &str {
+            "sediment"
+        }
+
+        fn error_sql_state(err: &SltError) -> Option<String> {
+            Some(err.0.code.to_string())
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn sqllogictest_files() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/slt");
+        let mut files: Vec<_> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.extension().is_some_and(|e| e == "slt"))
+            .collect();
+        files.sort();
+        assert!(!files.is_empty(), "no .slt files in {}", dir.display());
+        for file in files {
+            let mut runner = sqllogictest::Runner::new(|| async { Ok(Db { f: fixture() }) });
+            runner
+                .run_file_async(&file)
+                .await
+                .unwrap_or_else(|e| panic!("{}: {e}", file.display()));
+        }
+    }
+}
