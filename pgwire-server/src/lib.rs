@@ -10,7 +10,6 @@
 
 use std::collections::HashMap;
 use std::fmt::Debug;
-use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -39,11 +38,6 @@ use tokio::net::TcpListener;
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
 type Statement = <DfSessionService as ExtendedQueryHandler>::Statement;
-
-/// Binds the Postgres listener (so a bad address fails at startup).
-pub async fn bind(addr: &str) -> std::io::Result<TcpListener> {
-    TcpListener::bind(addr).await
-}
 
 /// Serves connections from `listener` until `shutdown` fires.
 pub async fn serve(listener: TcpListener, engine: Arc<Engine>, shutdown: CancellationToken) {
@@ -75,11 +69,6 @@ pub async fn serve(listener: TcpListener, engine: Arc<Engine>, shutdown: Cancell
             }
         }
     }
-}
-
-/// The address a listener is bound to.
-pub fn local_addr(l: &TcpListener) -> std::io::Result<SocketAddr> {
-    l.local_addr()
 }
 
 /// Everything pgwire needs for one server.

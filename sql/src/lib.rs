@@ -89,11 +89,9 @@ impl Engine {
         ctx.register_object_store(&url, archive.store().clone());
 
         let data_dir = log.config().data_dir.clone();
-        // Stream schemas need the planner; build the registry against a
-        // bare context with the same settings.
-        let planner = Engine::planner_only(&ctx);
+        // Stream schemas come from the planner's type mapping.
         let streams = Arc::new(
-            StreamRegistry::open(&data_dir, |def| planner.value_schema(def))
+            StreamRegistry::open(&data_dir, |def| statements::plan_value_schema(&ctx, def))
                 .map_err(|e| SqlError::new("58030", e.to_string()))?,
         );
         let decode_errors = Arc::new(DecodeErrors::default());
@@ -135,11 +133,6 @@ impl Engine {
         Ok(engine)
     }
 
-    /// An engine-shaped planner for stream schemas before the engine exists.
-    fn planner_only(ctx: &SessionContext) -> PlannerOnly {
-        PlannerOnly { ctx: ctx.clone() }
-    }
-
     /// The DataFusion context: register functions, run plans.
     pub fn context(&self) -> &SessionContext {
         &self.ctx
@@ -179,16 +172,6 @@ impl Engine {
             };
         }
         Ok(last)
-    }
-}
-
-struct PlannerOnly {
-    ctx: SessionContext,
-}
-
-impl PlannerOnly {
-    fn value_schema(&self, def: &StreamDef) -> Result<datafusion::arrow::datatypes::SchemaRef> {
-        statements::plan_value_schema(&self.ctx, def)
     }
 }
 

@@ -129,12 +129,12 @@ impl Engine {
         match w.as_slice() {
             ["CREATE", "STREAM", ..] => self.parse_create_stream(sql).map(Prepared::Custom),
             ["DROP", "STREAM", ..] => parse_drop_stream(sql).map(Prepared::Custom),
-            ["SHOW", "STREAMS", ..] if leading_words(sql, 3).len() == 2 => Ok(Prepared::Sql(
+            ["SHOW", "STREAMS"] => Ok(Prepared::Sql(
                 "SELECT name, topic, value_format, columns, timestamp_column \
                  FROM sediment.sediment.streams ORDER BY name"
                     .into(),
             )),
-            ["SHOW", "TOPICS", ..] if leading_words(sql, 3).len() == 2 => Ok(Prepared::Sql(
+            ["SHOW", "TOPICS"] => Ok(Prepared::Sql(
                 "SELECT name, partitions, remote_storage, stream \
                  FROM sediment.sediment.topics ORDER BY name"
                     .into(),

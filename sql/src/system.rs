@@ -230,9 +230,14 @@ fn count(n: usize) -> i32 {
     i32::try_from(n).unwrap_or(i32::MAX)
 }
 
-fn topics(e: &Engine) -> Vec<ArrayRef> {
+fn sorted_topics(e: &Engine) -> Vec<Arc<sediment_log::Topic>> {
     let mut topics = e.log.topics();
     topics.sort_by(|a, b| a.meta.name.cmp(&b.meta.name));
+    topics
+}
+
+fn topics(e: &Engine) -> Vec<ArrayRef> {
+    let topics = sorted_topics(e);
     let streams = e.streams.all();
     let stream_of = |t: &str| {
         let names: Vec<&str> = streams
@@ -260,8 +265,7 @@ fn topics(e: &Engine) -> Vec<ArrayRef> {
 }
 
 fn partitions(e: &Engine) -> Vec<ArrayRef> {
-    let mut topics = e.log.topics();
-    topics.sort_by(|a, b| a.meta.name.cmp(&b.meta.name));
+    let topics = sorted_topics(e);
     let mut c = (
         Vec::new(),
         Vec::new(),
@@ -313,8 +317,7 @@ fn partitions(e: &Engine) -> Vec<ArrayRef> {
 }
 
 fn segments(e: &Engine) -> Vec<ArrayRef> {
-    let mut topics = e.log.topics();
-    topics.sort_by(|a, b| a.meta.name.cmp(&b.meta.name));
+    let topics = sorted_topics(e);
     let (mut topic, mut part, mut tier, mut base, mut next) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let (mut min_ts, mut max_ts, mut rows, mut bytes, mut path) =

@@ -468,12 +468,12 @@ impl HotReader {
                 }
                 let raw = &bytes[at..at + h.size];
                 let payload = records::payload(raw, &h).map_err(external)?;
-                let recs = records::decode(&h, &payload).map_err(external)?;
-                let keep: Vec<_> = recs
-                    .into_iter()
-                    .filter(|r| r.offset >= self.pos && r.offset < self.range.to)
-                    .collect();
-                cols.push_batch(&h, &keep);
+                let mut recs = records::decode(&h, &payload).map_err(external)?;
+                // Only the batches at the ends of the range straddle it.
+                if h.base_offset < self.pos || h.next_offset() > self.range.to {
+                    recs.retain(|r| r.offset >= self.pos && r.offset < self.range.to);
+                }
+                cols.push_batch(&h, &recs);
             }
             if next <= self.pos {
                 // Nothing decodable moved us forward: stop rather than spin.

@@ -72,6 +72,14 @@ pub struct GroupOverview {
     pub members: usize,
 }
 
+/// What [`GroupCoordinator::group_summaries`] knows of one group.
+struct GroupSummary {
+    protocol_type: String,
+    protocol: String,
+    state: GroupState,
+    members: usize,
+}
+
 /// One committed offset, for system tables.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CommittedOffset {
@@ -1046,50 +1054,25 @@ impl GroupCoordinator {
         out
     }
 
-    /// Every known group for tools and system tables: live groups, and
-    /// groups known only by committed offsets (Empty), sorted by id.
+    /// Every known group for tools and system tables, sorted by id.
     pub fn overview(&self) -> Vec<GroupOverview> {
-        let mut out: BTreeMap<String, GroupOverview> = BTreeMap::new();
-        let groups: Vec<_> = self.groups.read().values().cloned().collect();
-        for g in groups {
-            let g = g.lock();
-            if g.state != GroupState::Dead {
-                out.insert(
-                    g.id.clone(),
-                    GroupOverview {
-                        group_id: g.id.clone(),
-                        state: g.state.as_str().to_string(),
-                        protocol_type: g.protocol_type.clone().unwrap_or_default(),
-                        protocol: g.protocol_name.clone().unwrap_or_default(),
-                        members: g.members.len(),
-                    },
-                );
-            }
-        }
-        self.store.read(|map| {
-            for (id, parts) in map {
-                if !parts.is_empty() && !out.contains_key(id) {
-                    out.insert(
-                        id.clone(),
-                        GroupOverview {
-                            group_id: id.clone(),
-                            state: GroupState::Empty.as_str().to_string(),
-                            protocol_type: String::new(),
-                            protocol: String::new(),
-                            members: 0,
-                        },
-                    );
-                }
-            }
-        });
-        out.into_values().collect()
+        self.group_summaries()
+            .into_iter()
+            .map(|(group_id, g)| GroupOverview {
+                group_id,
+                state: g.state.as_str().to_string(),
+                protocol_type: g.protocol_type,
+                protocol: g.protocol,
+                members: g.members,
+            })
+            .collect()
     }
 
     // ---------------------------------------------------------------- List/Describe
 
-    /// (group id, protocol type, state) of live groups, plus groups known only
-    /// by their committed offsets (reported Empty, like Kafka after a restart).
-    fn group_summaries(&self) -> BTreeMap<String, (String, GroupState)> {
+    /// Live groups, plus groups known only by their committed offsets
+    /// (reported Empty, like Kafka after a restart).
+    fn group_summaries(&self) -> BTreeMap<String, GroupSummary> {
         let mut out = BTreeMap::new();
         let groups: Vec<_> = self.groups.read().values().cloned().collect();
         for g in groups {
@@ -1097,15 +1080,24 @@ impl GroupCoordinator {
             if g.state != GroupState::Dead {
                 out.insert(
                     g.id.clone(),
-                    (g.protocol_type.clone().unwrap_or_default(), g.state),
+                    GroupSummary {
+                        protocol_type: g.protocol_type.clone().unwrap_or_default(),
+                        protocol: g.protocol_name.clone().unwrap_or_default(),
+                        state: g.state,
+                        members: g.members.len(),
+                    },
                 );
             }
         }
         self.store.read(|map| {
             for (id, parts) in map {
                 if !parts.is_empty() {
-                    out.entry(id.clone())
-                        .or_insert((String::new(), GroupState::Empty));
+                    out.entry(id.clone()).or_insert(GroupSummary {
+                        protocol_type: String::new(),
+                        protocol: String::new(),
+                        state: GroupState::Empty,
+                        members: 0,
+                    });
                 }
             }
         });
@@ -1143,21 +1135,30 @@ impl GroupCoordinator {
         resp.groups = self
             .group_summaries()
             .into_iter()
-            .filter(|(_, (_, st))| {
-                states.is_empty() || states.contains(&st.as_str().to_ascii_lowercase())
+            .filter(|(_, g)| {
+                states.is_empty() || states.contains(&g.state.as_str().to_ascii_lowercase())
             })
-            .map(|(id, (protocol_type, st))| {
-                let mut lg = ListedGroup::default();
-                lg.group_id = GroupId(s(&id));
-                lg.protocol_type = s(&protocol_type);
-                if version >= 4 {
-                    lg.group_state = s(st.as_str());
-                }
-                if version >= 5 {
-                    lg.group_type = s(CLASSIC);
-                }
-                lg
-            })
+            .map(
+                |(
+                    id,
+                    GroupSummary {
+                        protocol_type,
+                        state: st,
+                        ..
+                    },
+                )| {
+                    let mut lg = ListedGroup::default();
+                    lg.group_id = GroupId(s(&id));
+                    lg.protocol_type = s(&protocol_type);
+                    if version >= 4 {
+                        lg.group_state = s(st.as_str());
+                    }
+                    if version >= 5 {
+                        lg.group_type = s(CLASSIC);
+                    }
+                    lg
+                },
+            )
             .collect();
         resp
     }
