@@ -67,6 +67,15 @@ pub enum Outcome {
 }
 
 impl Engine {
+    /// What the tierer needs to add each stream's typed columns to the
+    /// topic's new archive files (`TieringConfig::value_columns`).
+    pub fn value_columns(&self) -> Arc<dyn sediment_tiering::convert::ValueColumns> {
+        Arc::new(stream::StreamValueColumns {
+            registry: self.streams.clone(),
+            errors: self.decode_errors.clone(),
+        })
+    }
+
     /// Builds the engine over a running log and archive; stream
     /// definitions are loaded from `<data_dir>/sql/`.
     pub fn new(log: Arc<LogManager>, archive: Arc<Archive>) -> Result<Arc<Engine>, SqlError> {

@@ -41,7 +41,12 @@ use futures::StreamExt;
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 
-use crate::topic_table::{unqualified, TopicTable};
+use datafusion::arrow::array::PrimitiveArray;
+use datafusion::arrow::datatypes::{Fields, Int64Type};
+use datafusion::physical_plan::union::UnionExec;
+use sediment_tiering::convert::{ValueColumns, ValueDecoder, VALUE_COLUMN_PREFIX};
+
+use crate::topic_table::{unqualified, TopicTable, TypedColumns};
 
 /// The file's format name and the version this build writes.
 pub const STREAMS_FORMAT: &str = "sediment-streams";
@@ -162,6 +167,17 @@ impl StreamRegistry {
             .collect()
     }
 
+    /// The stream whose columns new archive files of `topic` carry: the
+    /// oldest JSON stream over it (by creation time, then name).
+    pub fn typed_owner(&self, topic: &str) -> Option<(StreamDef, SchemaRef)> {
+        self.streams
+            .lock()
+            .values()
+            .filter(|(d, s)| d.topic == topic && d.value_format == "JSON" && !s.fields().is_empty())
+            .min_by(|(a, _), (b, _)| (a.created_ms, &a.name).cmp(&(b.created_ms, &b.name)))
+            .cloned()
+    }
+
     /// Adds a definition durably; false if the name is taken.
     pub fn create(&self, def: StreamDef, schema: SchemaRef) -> Result<bool, StreamError> {
         let mut streams = self.streams.lock();
@@ -253,6 +269,57 @@ impl DecodeErrors {
     }
 }
 
+/// What the tierer asks for: each topic's oldest stream decodes the values
+/// of new archive files into its columns, so later scans of that stream
+/// read typed Parquet columns instead of parsing JSON. Values that do not
+/// decode are counted and listed here, as a scan would.
+#[derive(Debug)]
+pub struct StreamValueColumns {
+    pub registry: Arc<StreamRegistry>,
+    pub errors: Arc<DecodeErrors>,
+}
+
+impl ValueColumns for StreamValueColumns {
+    fn for_topic(&self, topic: &str) -> Option<Arc<dyn ValueDecoder>> {
+        let (def, schema) = self.registry.typed_owner(topic)?;
+        Some(Arc::new(JsonDecoder {
+            stream: def.name,
+            schema,
+            errors: self.errors.clone(),
+        }))
+    }
+}
+
+struct JsonDecoder {
+    stream: String,
+    schema: SchemaRef,
+    errors: Arc<DecodeErrors>,
+}
+
+impl ValueDecoder for JsonDecoder {
+    fn fields(&self) -> Fields {
+        self.schema.fields().clone()
+    }
+
+    fn decode(
+        &self,
+        partition: i32,
+        offsets: &PrimitiveArray<Int64Type>,
+        values: &BinaryArray,
+    ) -> std::result::Result<Vec<ArrayRef>, String> {
+        decode_values(values, &self.schema, &mut |row, reason| {
+            self.errors.record(DecodeError {
+                stream: self.stream.clone(),
+                partition,
+                offset: offsets.value(row),
+                reason,
+                at_ms: sediment_log::now_ms(),
+            })
+        })
+        .map_err(|e| e.to_string())
+    }
+}
+
 /// The full schema of a stream: pseudo-columns, then the declared ones.
 pub fn stream_schema(value_schema: &Schema) -> SchemaRef {
     // Nullable: never NULL when read, but an INSERT may leave them out
@@ -309,13 +376,17 @@ impl StreamTable {
 /// `_offset` and `_timestamp` are renamed; `_key` only in `_key = 'text'`
 /// (compared as bytes).
 fn to_raw_filter(f: &Expr) -> Option<Expr> {
+    to_file_filter(f, &[])
+}
+
+/// Like [`to_raw_filter`], also allowing the `declared` columns, renamed to
+/// the typed columns of an archive file (`value.<name>`).
+fn to_file_filter(f: &Expr, declared: &[&str]) -> Option<Expr> {
     let mut ok = true;
     let _ = f.apply(|e| {
         if let Expr::Column(c) = e {
-            if !matches!(
-                c.name.as_str(),
-                "_partition" | "_offset" | "_timestamp" | "_key"
-            ) {
+            let name = c.name.as_str();
+            if !(PSEUDO_COLUMNS.iter().any(|(p, _)| *p == name) || declared.contains(&name)) {
                 ok = false;
                 return Ok(TreeNodeRecursion::Stop);
             }
@@ -358,7 +429,9 @@ fn to_raw_filter(f: &Expr) -> Option<Expr> {
                 Some((_, raw)) => Ok(Transformed::yes(Expr::Column(Column::new_unqualified(
                     *raw,
                 )))),
-                None => Ok(Transformed::no(Expr::Column(c))),
+                None => Ok(Transformed::yes(Expr::Column(Column::new_unqualified(
+                    format!("{VALUE_COLUMN_PREFIX}{}", c.name),
+                )))),
             },
             e => Ok(Transformed::no(e)),
         })
@@ -384,11 +457,14 @@ impl TableProvider for StreamTable {
         &self,
         filters: &[&Expr],
     ) -> Result<Vec<TableProviderFilterPushDown>> {
+        // Filters on declared columns prune archive files that carry them
+        // typed; DataFusion still applies every filter to the rows.
+        let declared = self.declared();
         Ok(filters
             .iter()
             .map(|f| {
                 let f = unqualified(std::slice::from_ref(*f));
-                match f.first().and_then(to_raw_filter) {
+                match f.first().and_then(|f| to_file_filter(f, &declared)) {
                     Some(_) => TableProviderFilterPushDown::Inexact,
                     None => TableProviderFilterPushDown::Unsupported,
                 }
@@ -425,10 +501,8 @@ impl TableProvider for StreamTable {
         filters: &[Expr],
         limit: Option<usize>,
     ) -> Result<Arc<dyn ExecutionPlan>> {
-        let raw_filters: Vec<Expr> = unqualified(filters)
-            .iter()
-            .filter_map(to_raw_filter)
-            .collect();
+        let filters = unqualified(filters);
+        let raw_filters: Vec<Expr> = filters.iter().filter_map(to_raw_filter).collect();
         let all: Vec<usize> = (0..self.schema.fields().len()).collect();
         let wanted = projection.unwrap_or(&all).clone();
         let needs_value = wanted.iter().any(|&i| i >= PSEUDO_COLUMNS.len());
@@ -438,29 +512,66 @@ impl TableProvider for StreamTable {
         } else {
             vec![0, 1, 2, 3]
         };
-        let input = self
-            .topic
-            .scan(state, Some(&raw_projection), &raw_filters, limit)
-            .await?;
+        // Archive files carrying this stream's columns are read typed.
+        let typed = needs_value.then(|| {
+            let declared = self.declared();
+            TypedColumns {
+                fields: self.value_schema.fields().clone(),
+                filters: filters
+                    .iter()
+                    .filter_map(|f| to_file_filter(f, &declared))
+                    .collect(),
+            }
+        });
+        let split =
+            self.topic
+                .plan_scan(state, &raw_projection, &raw_filters, limit, typed.as_ref())?;
         let schema = Arc::new(self.schema.project(&wanted)?);
-        Ok(Arc::new(DecodeExec::new(
-            input,
-            self.def.name.clone(),
-            self.value_schema.clone(),
-            wanted,
-            schema,
-            self.errors.clone(),
-        )))
+        let decode = |input, typed| -> Arc<dyn ExecutionPlan> {
+            Arc::new(DecodeExec::new(
+                input,
+                self.def.name.clone(),
+                self.value_schema.clone(),
+                typed,
+                wanted.clone(),
+                schema.clone(),
+                self.errors.clone(),
+            ))
+        };
+        let mut inputs: Vec<Arc<dyn ExecutionPlan>> = Vec::new();
+        if let Some(typed) = split.typed {
+            inputs.push(decode(typed, true));
+        }
+        if let Some(raw) = split.raw {
+            inputs.push(decode(raw, false));
+        }
+        Ok(match inputs.len() {
+            0 => Arc::new(datafusion::physical_plan::empty::EmptyExec::new(schema)),
+            1 => inputs.remove(0),
+            _ => UnionExec::try_new(inputs)?,
+        })
+    }
+}
+
+impl StreamTable {
+    fn declared(&self) -> Vec<&str> {
+        self.value_schema
+            .fields()
+            .iter()
+            .map(|f| f.name().as_str())
+            .collect()
     }
 }
 
 /// Turns raw topic rows (partition, offset, timestamp, key[, value]) into
-/// stream rows.
+/// stream rows; with `typed`, the input has the typed value columns in
+/// place of `value` (from archive files that carry them).
 #[derive(Debug)]
 pub struct DecodeExec {
     input: Arc<dyn ExecutionPlan>,
     stream: String,
     value_schema: SchemaRef,
+    typed: bool,
     /// Stream-schema column indexes to output.
     projection: Vec<usize>,
     schema: SchemaRef,
@@ -473,6 +584,7 @@ impl DecodeExec {
         input: Arc<dyn ExecutionPlan>,
         stream: String,
         value_schema: SchemaRef,
+        typed: bool,
         projection: Vec<usize>,
         schema: SchemaRef,
         errors: Arc<DecodeErrors>,
@@ -488,6 +600,7 @@ impl DecodeExec {
             input,
             stream,
             value_schema,
+            typed,
             projection,
             schema,
             errors,
@@ -504,9 +617,14 @@ impl DisplayAs for DecodeExec {
             .iter()
             .map(|f| f.name().as_str())
             .collect();
+        let from = if self.typed {
+            "typed archive columns"
+        } else {
+            "JSON"
+        };
         write!(
             f,
-            "DecodeExec: stream={} format=JSON columns=[{}]",
+            "DecodeExec: stream={} from={from} columns=[{}]",
             self.stream,
             cols.join(", ")
         )
@@ -544,6 +662,7 @@ impl ExecutionPlan for DecodeExec {
             input,
             self.stream.clone(),
             self.value_schema.clone(),
+            self.typed,
             self.projection.clone(),
             self.schema.clone(),
             self.errors.clone(),
@@ -559,6 +678,7 @@ impl ExecutionPlan for DecodeExec {
         let decoder = Decoder {
             stream: self.stream.clone(),
             value_schema: self.value_schema.clone(),
+            typed: self.typed,
             projection: self.projection.clone(),
             schema: self.schema.clone(),
             errors: self.errors.clone(),
@@ -574,6 +694,7 @@ impl ExecutionPlan for DecodeExec {
 struct Decoder {
     stream: String,
     value_schema: SchemaRef,
+    typed: bool,
     projection: Vec<usize>,
     schema: SchemaRef,
     errors: Arc<DecodeErrors>,
@@ -588,7 +709,9 @@ impl Decoder {
         let offset = raw
             .column(1)
             .as_primitive::<datafusion::arrow::datatypes::Int64Type>();
-        let values = if raw.num_columns() > 4 {
+        let values = if self.typed {
+            Some(raw.columns()[4..].to_vec())
+        } else if raw.num_columns() > 4 {
             Some(decode_values(
                 raw.column(4).as_binary::<i32>(),
                 &self.value_schema,

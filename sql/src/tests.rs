@@ -32,8 +32,10 @@ fn fixture_at(path: &std::path::Path, dir: Option<tempfile::TempDir>) -> Fixture
         "memory://",
         1 << 24,
     ));
-    let tierer = Tierer::new(archive.clone(), log.clone(), TieringConfig::new(path)).unwrap();
     let engine = Engine::new(log.clone(), archive.clone()).unwrap();
+    let mut tiering = TieringConfig::new(path);
+    tiering.value_columns = Some(engine.value_columns());
+    let tierer = Tierer::new(archive.clone(), log.clone(), tiering).unwrap();
     Fixture {
         _dir: dir,
         log,
@@ -225,6 +227,107 @@ async fn streams_decode_json_and_filters_prune_both_tiers() {
     let plan = explain(&f, "SELECT * FROM trades WHERE _offset < 150").await;
     assert!(plan.contains("DataSourceExec"), "{plan}");
     assert!(!plan.contains("HotScanExec"), "{plan}");
+}
+
+/// A stream declared before its records are archived: new archive files
+/// carry its typed columns, scans read them instead of the JSON (same
+/// answers as decoding), filters on them reach the Parquet scan, bad
+/// values are counted once at archive time, and Kafka reads of the same
+/// files still rebuild the original batches.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn archived_files_carry_the_stream_columns_and_scans_read_them() {
+    let f = fixture();
+    let t0 = f.t0;
+    f.engine
+        .execute(
+            "CREATE STREAM trades (user_id VARCHAR, amount DOUBLE) \
+             WITH (KAFKA_TOPIC='trades', PARTITIONS=2)",
+        )
+        .await
+        .unwrap();
+    // A second stream over the topic with other columns: decoded on read.
+    f.engine
+        .execute(
+            "CREATE STREAM trades_wide (user_id VARCHAR, amount DOUBLE, note VARCHAR) \
+             WITH (KAFKA_TOPIC='trades')",
+        )
+        .await
+        .unwrap();
+    for p in 0..2 {
+        let mut values: Vec<String> = (0..300).map(json).collect();
+        values[7] = "not json".into();
+        produce(&f, "trades", p, &values, t0);
+    }
+    roll(&f, "trades");
+    assert_eq!(f.tierer.pass().await.failed, 0);
+    for p in 0..2 {
+        let m = f.archive.manifest("trades", p).unwrap();
+        let cols: Vec<(&str, &str)> = m.files[0]
+            .value_columns
+            .iter()
+            .map(|c| (c.name.as_str(), c.data_type.as_str()))
+            .collect();
+        assert_eq!(cols, [("user_id", "Utf8"), ("amount", "Float64")]);
+        // The hot tail after the archive.
+        let values: Vec<String> = (300..400).map(json).collect();
+        produce(&f, "trades", p, &values, t0 + 300);
+    }
+    // Found while archiving: one per partition, counted once.
+    assert_eq!(
+        scalar_i64(
+            &f,
+            "SELECT count(*) FROM sediment.decode_errors WHERE stream = 'trades'"
+        )
+        .await,
+        2
+    );
+    let plan = explain(&f, "SELECT sum(amount) FROM trades").await;
+    assert!(plan.contains("from=typed archive columns"), "{plan}");
+    assert!(plan.contains("from=JSON"), "{plan}");
+    let wide = explain(&f, "SELECT sum(amount) FROM trades_wide").await;
+    assert!(!wide.contains("typed"), "{wide}");
+    let expected = 2 * ((0..400).sum::<i64>() - 7);
+    for stream in ["trades", "trades_wide"] {
+        assert_eq!(
+            scalar_i64(&f, &format!("SELECT sum(amount) FROM {stream}")).await,
+            expected
+        );
+        assert_eq!(
+            scalar_i64(
+                &f,
+                &format!("SELECT count(*) FROM {stream} WHERE user_id IS NULL")
+            )
+            .await,
+            2
+        );
+        assert_eq!(
+            scalar_i64(
+                &f,
+                &format!("SELECT count(*) FROM {stream} WHERE user_id = 'u3' AND amount >= 100")
+            )
+            .await,
+            2 * (100..400).filter(|i| i % 5 == 3).count() as i64
+        );
+    }
+    // The filter on a declared column reaches the typed Parquet scan.
+    let plan = explain(&f, "SELECT count(*) FROM trades WHERE amount > 350").await;
+    assert!(plan.contains("predicate=value.amount"), "{plan}");
+    assert_eq!(
+        scalar_i64(&f, "SELECT count(*) FROM trades WHERE amount > 350").await,
+        2 * 49
+    );
+    // Kafka reads of a typed file rebuild the produced batches.
+    match f.archive.read("trades", 1, 0, 1 << 20).await.unwrap() {
+        sediment_tiering::ArchiveRead::Batches(b) => {
+            let mut n = 0;
+            for (at, h) in batch::BatchIter::new(&b, 1 << 24, false) {
+                let payload = sediment_log::records::payload(&b[at..at + h.size], &h).unwrap();
+                n += sediment_log::records::decode(&h, &payload).unwrap().len();
+            }
+            assert_eq!(n, 300);
+        }
+        other => panic!("{other:?}"),
+    }
 }
 
 async fn explain(f: &Fixture, sql: &str) -> String {

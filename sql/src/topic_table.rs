@@ -9,13 +9,18 @@
 //! duplicate. Should local retention delete a hot segment after the
 //! snapshot (it only deletes what the archive already holds), the hot scan
 //! reads those offsets back from the archive instead.
+//!
+//! A stream's scan ([`TopicTable::plan_scan`] with [`TypedColumns`]) reads
+//! archive files that carry its typed value columns through those columns
+//! (a second Parquet scan with its own file schema and filters), and
+//! everything else as raw columns to be decoded.
 
 use std::fmt;
 use std::sync::Arc;
 
 use async_trait::async_trait;
 use datafusion::arrow::array::RecordBatch;
-use datafusion::arrow::datatypes::{Schema, SchemaRef};
+use datafusion::arrow::datatypes::{Fields, Schema, SchemaRef};
 use datafusion::catalog::{Session, TableProvider};
 use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
 use datafusion::common::{Column, DFSchema, Result};
@@ -37,7 +42,7 @@ use datafusion::physical_plan::{
 };
 use sediment_log::{batch, records, LogError, LogManager, Partition};
 use sediment_tiering::convert::{self, Columns};
-use sediment_tiering::{Archive, ArchiveRead};
+use sediment_tiering::{Archive, ArchiveRead, ValueColumn};
 
 use crate::ranges::Bounds;
 
@@ -162,37 +167,79 @@ impl TableProvider for TopicTable {
         filters: &[Expr],
         limit: Option<usize>,
     ) -> Result<Arc<dyn ExecutionPlan>> {
-        let filters = unqualified(filters);
-        let plan = ScanPlan::new(&self.log, &self.archive, &self.topic, &filters)?;
-        let file_projection: Vec<usize> = match projection {
-            Some(p) => p.iter().map(|&i| TABLE_COLUMNS[i]).collect(),
-            None => TABLE_COLUMNS.to_vec(),
-        };
-        let projected = Arc::new(
-            self.schema
-                .project(projection.map_or(&(0..TABLE_COLUMNS.len()).collect::<Vec<_>>(), |p| p))?,
-        );
+        let all: Vec<usize> = (0..TABLE_COLUMNS.len()).collect();
+        let projection = projection.unwrap_or(&all);
+        let split = self.plan_scan(state, projection, &unqualified(filters), limit, None)?;
+        Ok(match split.raw {
+            Some(plan) => plan,
+            None => Arc::new(datafusion::physical_plan::empty::EmptyExec::new(Arc::new(
+                self.schema.project(projection)?,
+            ))),
+        })
+    }
+}
+
+/// Archive files that carry exactly these typed value columns are read
+/// through them (see [`TopicTable::plan_scan`]).
+pub(crate) struct TypedColumns {
+    /// The columns as declared (names without the file's prefix).
+    pub fields: Fields,
+    /// Filters over the file's columns (raw names and `value.<name>`).
+    pub filters: Vec<Expr>,
+}
+
+impl TypedColumns {
+    /// The manifest's description of these columns, sorted by name.
+    fn sorted(&self) -> Vec<ValueColumn> {
+        sorted_columns(self.fields.iter().map(|f| ValueColumn {
+            name: f.name().clone(),
+            data_type: f.data_type().to_string(),
+        }))
+    }
+}
+
+fn sorted_columns(cols: impl Iterator<Item = ValueColumn>) -> Vec<ValueColumn> {
+    let mut v: Vec<ValueColumn> = cols.collect();
+    v.sort_by(|a, b| a.name.cmp(&b.name));
+    v
+}
+
+/// A scan split by how its rows are read.
+pub(crate) struct SplitScan {
+    /// Raw columns (table `projection`) from archive files without the
+    /// typed columns and from the hot tier.
+    pub raw: Option<Arc<dyn ExecutionPlan>>,
+    /// From archive files with the typed columns: partition, offset,
+    /// timestamp, key, then the typed columns in declared order.
+    pub typed: Option<Arc<dyn ExecutionPlan>>,
+}
+
+impl TopicTable {
+    /// Plans a scan of table columns `projection` with unqualified
+    /// `filters`. With `typed`, archive files carrying exactly those value
+    /// columns are scanned separately, through them.
+    pub(crate) fn plan_scan(
+        &self,
+        state: &dyn Session,
+        projection: &[usize],
+        filters: &[Expr],
+        limit: Option<usize>,
+        typed: Option<&TypedColumns>,
+    ) -> Result<SplitScan> {
+        let wanted = typed.map(TypedColumns::sorted);
+        let plan = ScanPlan::new(&self.log, &self.archive, &self.topic, filters, wanted)?;
+        let file_projection: Vec<usize> = projection.iter().map(|&i| TABLE_COLUMNS[i]).collect();
+        let projected = Arc::new(self.schema.project(projection)?);
         let mut inputs: Vec<Arc<dyn ExecutionPlan>> = Vec::new();
         if !plan.files.is_empty() {
-            let file_schema = convert::schema();
-            let mut source = ParquetSource::new(file_schema.clone())
-                .with_pushdown_filters(true)
-                .with_reorder_filters(true)
-                .with_enable_page_index(true);
-            if let Some(pred) = conjunction(filters.clone()) {
-                let df_schema = DFSchema::try_from(file_schema.as_ref().clone())?;
-                let pred: Arc<dyn PhysicalExpr> = state.create_physical_expr(pred, &df_schema)?;
-                source = source.with_predicate(pred);
-            }
-            let config = FileScanConfigBuilder::new(
-                ObjectStoreUrl::parse(ARCHIVE_STORE_URL)?,
-                Arc::new(source),
-            )
-            .with_file_group(FileGroup::new(plan.files.clone()))
-            .with_projection_indices(Some(file_projection.clone()))?
-            .with_limit(limit)
-            .build();
-            inputs.push(DataSourceExec::from_data_source(config));
+            inputs.push(parquet_scan(
+                state,
+                convert::schema(),
+                plan.files,
+                file_projection.clone(),
+                filters,
+                limit,
+            )?);
         }
         if !plan.hot.is_empty() {
             inputs.push(Arc::new(HotScanExec::new(
@@ -200,33 +247,86 @@ impl TableProvider for TopicTable {
                 plan.hot,
                 self.archive.clone(),
                 file_projection,
-                projected.clone(),
+                projected,
                 limit,
             )));
         }
-        if inputs.is_empty() {
-            return Ok(Arc::new(datafusion::physical_plan::empty::EmptyExec::new(
-                projected,
-            )));
-        }
-        UnionExec::try_new(inputs)
+        let raw = match inputs.len() {
+            0 => None,
+            1 => inputs.pop(),
+            _ => Some(UnionExec::try_new(inputs)?),
+        };
+        let typed = match typed {
+            Some(t) if !plan.typed_files.is_empty() => {
+                // partition, offset, timestamp, key, then the typed ones.
+                let mut cols = vec![0, 1, 2, 4];
+                cols.extend((0..t.fields.len()).map(|i| convert::RAW_COLUMNS + i));
+                Some(parquet_scan(
+                    state,
+                    convert::schema_with(&t.fields),
+                    plan.typed_files,
+                    cols,
+                    &t.filters,
+                    limit,
+                )?)
+            }
+            _ => None,
+        };
+        Ok(SplitScan { raw, typed })
     }
+}
+
+/// DataFusion's Parquet scan of archive `files` with `file_schema`:
+/// `filters` prune row groups and pages and are applied while decoding.
+fn parquet_scan(
+    state: &dyn Session,
+    file_schema: SchemaRef,
+    files: Vec<PartitionedFile>,
+    projection: Vec<usize>,
+    filters: &[Expr],
+    limit: Option<usize>,
+) -> Result<Arc<dyn ExecutionPlan>> {
+    let mut source = ParquetSource::new(file_schema.clone())
+        .with_pushdown_filters(true)
+        .with_reorder_filters(true)
+        .with_enable_page_index(true);
+    if let Some(pred) = conjunction(filters.to_vec()) {
+        let df_schema = DFSchema::try_from(file_schema.as_ref().clone())?;
+        let pred: Arc<dyn PhysicalExpr> = state.create_physical_expr(pred, &df_schema)?;
+        source = source.with_predicate(pred);
+    }
+    let config =
+        FileScanConfigBuilder::new(ObjectStoreUrl::parse(ARCHIVE_STORE_URL)?, Arc::new(source))
+            .with_file_group(FileGroup::new(files))
+            .with_projection_indices(Some(projection))?
+            .with_limit(limit)
+            .build();
+    Ok(DataSourceExec::from_data_source(config))
 }
 
 /// What one scan reads: archive files and hot ranges, from one snapshot.
 pub(crate) struct ScanPlan {
     pub files: Vec<PartitionedFile>,
+    /// Files whose typed value columns are exactly the wanted ones.
+    pub typed_files: Vec<PartitionedFile>,
     pub hot: Vec<HotRange>,
 }
 
 impl ScanPlan {
-    fn new(log: &LogManager, archive: &Archive, topic: &str, filters: &[Expr]) -> Result<Self> {
+    fn new(
+        log: &LogManager,
+        archive: &Archive,
+        topic: &str,
+        filters: &[Expr],
+        typed: Option<Vec<ValueColumn>>,
+    ) -> Result<Self> {
         let t = log
             .topic(topic)
             .ok_or_else(|| DataFusionError::Plan(format!("topic '{topic}' does not exist")))?;
         let bounds = Bounds::from_filters(filters);
         let mut plan = ScanPlan {
             files: Vec::new(),
+            typed_files: Vec::new(),
             hot: Vec::new(),
         };
         if bounds.is_empty() {
@@ -254,10 +354,19 @@ impl ScanPlan {
                         f.min_timestamp,
                         f.max_timestamp,
                     ) {
-                        plan.files.push(PartitionedFile::new(
+                        let file = PartitionedFile::new(
                             archive.file_path(topic, index, f).to_string(),
                             f.bytes,
-                        ));
+                        );
+                        let is_typed = typed.as_ref().is_some_and(|want| {
+                            !f.value_columns.is_empty()
+                                && sorted_columns(f.value_columns.iter().cloned()) == *want
+                        });
+                        if is_typed {
+                            plan.typed_files.push(file);
+                        } else {
+                            plan.files.push(file);
+                        }
                     }
                 }
             }

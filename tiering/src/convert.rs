@@ -37,7 +37,38 @@ pub const ROWS_PER_GROUP: usize = 32 * 1024;
 /// Raw record bytes per row group, whichever comes first.
 pub const BYTES_PER_GROUP: usize = 8 << 20;
 
-/// The archive's schema, version 1. Column order is part of the format.
+/// Typed columns decoded from record values (a SQL stream's declared
+/// columns), written after the raw ones so that queries read them without
+/// parsing the values again. Implemented by the SQL engine.
+pub trait ValueColumns: Send + Sync + std::fmt::Debug {
+    /// The decoder for the next archive file of `topic`, if it has one.
+    fn for_topic(&self, topic: &str) -> Option<Arc<dyn ValueDecoder>>;
+}
+
+/// Decodes one topic's values into typed columns.
+pub trait ValueDecoder: Send + Sync {
+    /// The columns, named as declared; the file names them
+    /// `value.<name>`, all nullable.
+    fn fields(&self) -> Fields;
+    /// One array per field with a row per value. A value that does not
+    /// decode (and a tombstone) is NULL in every column, never an error;
+    /// an error means the decoder itself failed.
+    fn decode(
+        &self,
+        partition: i32,
+        offsets: &PrimitiveArray<Int64Type>,
+        values: &BinaryArray,
+    ) -> Result<Vec<ArrayRef>, String>;
+}
+
+/// Typed value columns are named `value.<declared name>` in the file.
+pub const VALUE_COLUMN_PREFIX: &str = "value.";
+
+/// Columns of the raw schema ([`schema`]); typed columns come after them.
+pub const RAW_COLUMNS: usize = 12;
+
+/// The archive's raw schema (the first [`RAW_COLUMNS`] columns of every
+/// file). Column order is part of the format.
 pub fn schema() -> SchemaRef {
     Arc::new(Schema::new(vec![
         Field::new("partition", DataType::Int32, false),
@@ -66,6 +97,21 @@ pub fn schema() -> SchemaRef {
     ]))
 }
 
+/// The schema of a file with typed value columns `typed` (declared
+/// names) after the raw ones.
+pub fn schema_with(typed: &Fields) -> SchemaRef {
+    let raw = schema();
+    let mut fields: Vec<Field> = raw.fields().iter().map(|f| f.as_ref().clone()).collect();
+    fields.extend(typed.iter().map(|f| {
+        Field::new(
+            format!("{VALUE_COLUMN_PREFIX}{}", f.name()),
+            f.data_type().clone(),
+            true,
+        )
+    }));
+    Arc::new(Schema::new(fields))
+}
+
 fn header_fields() -> Fields {
     Fields::from(vec![
         Field::new("key", DataType::Binary, false),
@@ -79,7 +125,10 @@ fn header_fields() -> Fields {
 /// headers (min/max of payloads prunes nothing and costs a comparison per
 /// row); delta encoding for the sorted integer columns; dictionaries only
 /// where values repeat.
-pub fn writer_properties(kv: Vec<parquet::file::metadata::KeyValue>) -> WriterProperties {
+pub fn writer_properties(
+    kv: Vec<parquet::file::metadata::KeyValue>,
+    typed: &Fields,
+) -> WriterProperties {
     let page_stats = ["partition", "offset", "timestamp", "key"];
     let no_stats: [&[&str]; 4] = [
         &["value"],
@@ -112,6 +161,12 @@ pub fn writer_properties(kv: Vec<parquet::file::metadata::KeyValue>) -> WriterPr
     }
     for c in dict {
         b = b.set_column_dictionary_enabled(ColumnPath::from(c), true);
+    }
+    // Typed columns: dictionaries (the writer falls back to plain pages
+    // when one grows too large) and chunk statistics (the default).
+    for f in typed {
+        let path = ColumnPath::new(vec![format!("{VALUE_COLUMN_PREFIX}{}", f.name())]);
+        b = b.set_column_dictionary_enabled(path, true);
     }
     for c in page_stats {
         b = b.set_column_statistics_enabled(ColumnPath::from(c), EnabledStatistics::Page);
@@ -240,6 +295,8 @@ pub struct Converted {
     pub max_timestamp: i64,
     pub rows: u64,
     pub segment_bytes: u64,
+    /// The typed value columns the file carries.
+    pub value_columns: Vec<crate::ValueColumn>,
 }
 
 /// Identity written into each file's key-value metadata.
@@ -255,14 +312,28 @@ pub struct FileIdentity<'a> {
 /// on disk is refused, not archived. `pace` is told the segment bytes
 /// consumed as it goes (about every MiB) and may block to slow the
 /// conversion down. Pure apart from the reader, the writer and `pace`.
+///
+/// With `typed`, each row group also gets the decoder's typed columns;
+/// [`ArchiveError::ValueColumns`] means the decoder failed (the caller may
+/// convert again without it).
 pub fn segment_to_parquet<R: Read, W: Write + Send>(
     segment: R,
     id: &FileIdentity<'_>,
     max_batch: usize,
+    typed: Option<&dyn ValueDecoder>,
     out: W,
     pace: &mut dyn FnMut(u64),
 ) -> Result<Converted, ArchiveError> {
-    let kv = vec![
+    let typed_fields = typed.map(|d| d.fields()).unwrap_or_default();
+    let value_columns: Vec<crate::ValueColumn> = typed_fields
+        .iter()
+        .map(|f| crate::ValueColumn {
+            name: f.name().clone(),
+            data_type: f.data_type().to_string(),
+        })
+        .collect();
+    let file_schema = schema_with(&typed_fields);
+    let mut kv = vec![
         parquet::file::metadata::KeyValue::new(
             "sediment.format".into(),
             format!("sediment-archive-file/{}", crate::FILE_FORMAT_VERSION),
@@ -274,7 +345,25 @@ pub fn segment_to_parquet<R: Read, W: Write + Send>(
             id.partition.to_string(),
         ),
     ];
-    let mut writer = ArrowWriter::try_new(out, schema(), Some(writer_properties(kv)))?;
+    if !value_columns.is_empty() {
+        kv.push(parquet::file::metadata::KeyValue::new(
+            "sediment.value_columns".into(),
+            serde_json::to_string(&value_columns)
+                .map_err(|e| ArchiveError::ValueColumns(e.to_string()))?,
+        ));
+    }
+    let mut writer = ArrowWriter::try_new(
+        out,
+        file_schema.clone(),
+        Some(writer_properties(kv, &typed_fields)),
+    )?;
+    let finish = |cols: &mut Columns| -> Result<RecordBatch, ArchiveError> {
+        let raw = cols.finish(id.partition)?;
+        match typed {
+            Some(d) => with_value_columns(raw, d, id.partition, &file_schema),
+            None => Ok(raw),
+        }
+    };
     let mut reader = std::io::BufReader::with_capacity(1 << 20, segment);
     let mut cols = Columns::default();
     let mut buf = Vec::new();
@@ -285,6 +374,7 @@ pub fn segment_to_parquet<R: Read, W: Write + Send>(
         max_timestamp: i64::MIN,
         rows: 0,
         segment_bytes: 0,
+        value_columns,
     };
     let mut position: u64 = 0;
     let mut unpaced: u64 = 0;
@@ -330,12 +420,12 @@ pub fn segment_to_parquet<R: Read, W: Write + Send>(
             unpaced = 0;
         }
         if cols.rows() >= ROWS_PER_GROUP || cols.raw_bytes >= BYTES_PER_GROUP {
-            writer.write(&cols.finish(id.partition)?)?;
+            writer.write(&finish(&mut cols)?)?;
             writer.flush()?;
         }
     }
     if cols.rows() > 0 {
-        writer.write(&cols.finish(id.partition)?)?;
+        writer.write(&finish(&mut cols)?)?;
     }
     writer.close()?;
     conv.segment_bytes = position;
@@ -344,6 +434,52 @@ pub fn segment_to_parquet<R: Read, W: Write + Send>(
         conv.max_timestamp = -1;
     }
     Ok(conv)
+}
+
+/// `raw` (the raw columns) with the decoder's typed columns appended.
+fn with_value_columns(
+    raw: RecordBatch,
+    decoder: &dyn ValueDecoder,
+    partition: i32,
+    file_schema: &SchemaRef,
+) -> Result<RecordBatch, ArchiveError> {
+    let rows = raw.num_rows();
+    let offsets = raw
+        .column(1)
+        .as_any()
+        .downcast_ref::<PrimitiveArray<Int64Type>>()
+        .ok_or_else(|| ArchiveError::ValueColumns("offset column is not int64".into()))?;
+    let values = raw
+        .column(5)
+        .as_any()
+        .downcast_ref::<BinaryArray>()
+        .ok_or_else(|| ArchiveError::ValueColumns("value column is not binary".into()))?;
+    let typed = decoder
+        .decode(partition, offsets, values)
+        .map_err(ArchiveError::ValueColumns)?;
+    let mut columns = raw.columns().to_vec();
+    let expected = &file_schema.fields()[RAW_COLUMNS..];
+    if typed.len() != expected.len() {
+        return Err(ArchiveError::ValueColumns(format!(
+            "decoder returned {} columns for {}",
+            typed.len(),
+            expected.len()
+        )));
+    }
+    for (a, f) in typed.into_iter().zip(expected) {
+        if a.len() != rows || a.data_type() != f.data_type() {
+            return Err(ArchiveError::ValueColumns(format!(
+                "decoder returned {} rows of {} for {} ({} rows of {})",
+                a.len(),
+                a.data_type(),
+                f.name(),
+                rows,
+                f.data_type()
+            )));
+        }
+        columns.push(a);
+    }
+    Ok(RecordBatch::try_new(file_schema.clone(), columns)?)
 }
 
 fn read_full<R: Read>(r: &mut R, buf: &mut [u8]) -> Result<usize, ArchiveError> {

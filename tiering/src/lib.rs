@@ -30,12 +30,15 @@ mod store;
 mod tests;
 mod tierer;
 
-pub use manifest::{ArchiveFile, Manifest, ManifestError, MANIFEST_FORMAT, MANIFEST_VERSION};
+pub use manifest::{
+    ArchiveFile, Manifest, ManifestError, ValueColumn, MANIFEST_FORMAT, MANIFEST_VERSION,
+};
 pub use store::open_store;
 pub use tierer::{Tierer, TieringConfig};
 
 /// Version of the archive file layout (schema and key-value metadata).
-pub const FILE_FORMAT_VERSION: u32 = 1;
+/// 2 added the optional typed value columns after `batch_offset`.
+pub const FILE_FORMAT_VERSION: u32 = 2;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ArchiveError {
@@ -57,6 +60,8 @@ pub enum ArchiveError {
     Conflict { partition: String, generation: u64 },
     #[error("the archive of {0} has not been read yet")]
     NotLoaded(String),
+    #[error("typed value columns: {0}")]
+    ValueColumns(String),
 }
 
 /// Counters exported on /metrics.

@@ -51,6 +51,19 @@ pub struct ArchiveFile {
     /// Size of the segment it was made from (retention.bytes counts these,
     /// so a topic's retention means the same on both tiers).
     pub segment_bytes: u64,
+    /// Typed columns decoded from the values (`value.<name>` in the file),
+    /// in file order; empty for files without them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub value_columns: Vec<ValueColumn>,
+}
+
+/// A typed column decoded from record values: its name as declared and its
+/// Arrow type as Arrow prints it (`Utf8`, `Float64`, `Timestamp(ms, "UTC")`...).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ValueColumn {
+    pub name: String,
+    #[serde(rename = "type")]
+    pub data_type: String,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -201,7 +214,32 @@ mod tests {
             rows: (next - base) as u64,
             bytes: 100,
             segment_bytes: 400,
+            value_columns: Vec::new(),
         }
+    }
+
+    #[test]
+    fn value_columns_are_written_only_when_present_and_round_trip() {
+        let m = Manifest::empty("t", "id", 0)
+            .with_file(file(0, 10), 1)
+            .unwrap();
+        let text = String::from_utf8(m.encode()).unwrap();
+        assert!(!text.contains("value_columns"), "{text}");
+        let mut f = file(10, 20);
+        f.value_columns = vec![ValueColumn {
+            name: "amount".into(),
+            data_type: "Float64".into(),
+        }];
+        let m = m.with_file(f, 2).unwrap();
+        let text = String::from_utf8(m.encode()).unwrap();
+        let json: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(
+            json["files"][1]["value_columns"],
+            serde_json::json!([{"name": "amount", "type": "Float64"}])
+        );
+        let back = Manifest::decode(text.as_bytes()).unwrap();
+        assert_eq!(back, m);
+        assert!(back.files[0].value_columns.is_empty());
     }
 
     #[test]

@@ -18,7 +18,7 @@ use object_store::{ObjectStore, ObjectStoreExt};
 use parking_lot::Mutex;
 use parquet::arrow::arrow_reader::{ArrowReaderMetadata, ArrowReaderOptions};
 use parquet::arrow::async_reader::AsyncFileReader;
-use parquet::arrow::ParquetRecordBatchStreamBuilder;
+use parquet::arrow::{ParquetRecordBatchStreamBuilder, ProjectionMask};
 use parquet::errors::ParquetError;
 use parquet::file::metadata::{ParquetMetaData, ParquetMetaDataReader};
 use parquet::file::statistics::Statistics;
@@ -289,8 +289,14 @@ impl Archive {
                     .row_groups()
                     .get(rg)
                     .map_or(1, |g| g.num_rows().max(1) as usize);
+                // The raw columns only: typed value columns are for SQL.
+                let raw = ProjectionMask::roots(
+                    meta.parquet_schema(),
+                    0..convert::RAW_COLUMNS.min(meta.schema().fields().len()),
+                );
                 let stream = ParquetRecordBatchStreamBuilder::new_with_metadata(reader, meta)
                     .with_row_groups(vec![rg])
+                    .with_projection(raw)
                     .with_batch_size(rows)
                     .build()?;
                 let batches: Vec<_> = stream.try_collect().await?;

@@ -123,7 +123,7 @@ fn to_parquet(seg: &[u8]) -> (Vec<u8>, convert::Converted) {
         topic_id: "id",
         partition: 4,
     };
-    let c = convert::segment_to_parquet(seg, &id, 1 << 24, &mut out, &mut |_| {}).unwrap();
+    let c = convert::segment_to_parquet(seg, &id, 1 << 24, None, &mut out, &mut |_| {}).unwrap();
     (out, c)
 }
 
@@ -248,11 +248,12 @@ fn corrupt_segments_are_refused_not_archived() {
         topic_id: "id",
         partition: 0,
     };
-    let e =
-        convert::segment_to_parquet(&seg[..], &id, 1 << 24, Vec::new(), &mut |_| {}).unwrap_err();
-    assert!(matches!(e, ArchiveError::Corrupt(_)), "{e}");
-    let e = convert::segment_to_parquet(&seg[..len - 3], &id, 1 << 24, Vec::new(), &mut |_| {})
+    let e = convert::segment_to_parquet(&seg[..], &id, 1 << 24, None, Vec::new(), &mut |_| {})
         .unwrap_err();
+    assert!(matches!(e, ArchiveError::Corrupt(_)), "{e}");
+    let e =
+        convert::segment_to_parquet(&seg[..len - 3], &id, 1 << 24, None, Vec::new(), &mut |_| {})
+            .unwrap_err();
     assert!(e.to_string().contains("inside"), "{e}");
 }
 

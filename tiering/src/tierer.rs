@@ -50,6 +50,8 @@ pub struct TieringConfig {
     /// Segment bytes converted per second, all partitions together (Kafka's
     /// `remote.log.manager.copy.max.bytes.per.second`); None = unlimited.
     pub max_bytes_per_second: Option<u64>,
+    /// Typed value columns to add to new files (the SQL engine's streams).
+    pub value_columns: Option<Arc<dyn convert::ValueColumns>>,
 }
 
 impl TieringConfig {
@@ -62,6 +64,7 @@ impl TieringConfig {
                 .max(1),
             max_backoff: Duration::from_secs(60),
             max_bytes_per_second: None,
+            value_columns: None,
         }
     }
 }
@@ -309,23 +312,39 @@ impl Tierer {
         let max_batch =
             p.config().max_message_bytes.max(1 << 20) + sediment_log::batch::LOG_OVERHEAD;
         let pacer = self.pacer.clone();
+        let decoder = self
+            .config
+            .value_columns
+            .as_ref()
+            .and_then(|v| v.for_topic(&p.topic));
         let conv = run_niced(format!("tier-{}-{}", p.topic, p.id), move || {
-            let io = |e: std::io::Error, path: &std::path::Path| {
-                ArchiveError::Io(format!("{}: {e}", path.display()))
+            let convert = |typed: Option<&dyn convert::ValueDecoder>| {
+                let io = |e: std::io::Error, path: &std::path::Path| {
+                    ArchiveError::Io(format!("{}: {e}", path.display()))
+                };
+                let input = std::fs::File::open(&src).map_err(|e| io(e, &src))?;
+                let output = std::fs::File::create(&dst).map_err(|e| io(e, &dst))?;
+                let id = FileIdentity {
+                    topic: &topic_name,
+                    topic_id: &topic_id,
+                    partition,
+                };
+                let mut pace = |bytes: u64| {
+                    if let Some(p) = &pacer {
+                        p.take(bytes);
+                    }
+                };
+                convert::segment_to_parquet(input, &id, max_batch, typed, output, &mut pace)
             };
-            let input = std::fs::File::open(&src).map_err(|e| io(e, &src))?;
-            let output = std::fs::File::create(&dst).map_err(|e| io(e, &dst))?;
-            let id = FileIdentity {
-                topic: &topic_name,
-                topic_id: &topic_id,
-                partition,
-            };
-            let mut pace = |bytes: u64| {
-                if let Some(p) = &pacer {
-                    p.take(bytes);
+            match convert(decoder.as_deref()) {
+                // The raw columns are the archive; typed ones are an
+                // optimisation: without them queries decode on read.
+                Err(ArchiveError::ValueColumns(e)) => {
+                    tracing::warn!(topic = %topic_name, partition, error = %e, "typed value columns failed; archiving without them");
+                    convert(None)
                 }
-            };
-            convert::segment_to_parquet(input, &id, max_batch, output, &mut pace)
+                r => r,
+            }
         })
         .await;
         let conv = match conv {
@@ -346,6 +365,7 @@ impl Tierer {
             rows: conv.rows,
             bytes: 0,
             segment_bytes: conv.segment_bytes,
+            value_columns: conv.value_columns.clone(),
         };
         let to = self.archive.file_path(&p.topic, p.id, &file);
         let uploaded = self.archive.upload_file(&staged, &to).await;
