@@ -1,5 +1,6 @@
 //! The `sediment` binary: the broker (`serve`) and the console tools
-//! (`topic`, `produce`, `consume`) that talk to it over the Kafka protocol.
+//! (`topic`, `produce`, `consume`, `group`) that talk to it over the Kafka
+//! protocol.
 
 mod cli;
 mod config;
@@ -44,6 +45,8 @@ enum Command {
     Produce(cli::ProduceArgs),
     /// Print records to stdout.
     Consume(cli::ConsumeArgs),
+    /// List, describe or reset consumer groups.
+    Group(cli::GroupArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -78,6 +81,7 @@ fn main() -> std::process::ExitCode {
             Command::Topic(a) => cli::topic::run(a, &cli.bootstrap_server).await,
             Command::Produce(a) => cli::produce::run(a, &cli.bootstrap_server).await,
             Command::Consume(a) => cli::consume::run(a, &cli.bootstrap_server).await,
+            Command::Group(a) => cli::group::run(a, &cli.bootstrap_server).await,
         }
     });
     match result {
@@ -137,7 +141,10 @@ async fn serve(args: ServeArgs) -> Result<()> {
         sediment_ingest::Broker::new(log.clone(), groups.clone(), ingest)
             .with_archive(archive.clone()),
     );
+    let engine = sediment_sql::Engine::new(log.clone(), archive.clone())
+        .map_err(|e| anyhow::anyhow!("starting the SQL engine: {e}"))?;
     let mut tiering = sediment_tiering::TieringConfig::new(&settings.data_dir);
+    tiering.value_columns = Some(engine.value_columns());
     tiering.interval = Duration::from_millis(settings.tiering_interval_ms);
     tiering.max_bytes_per_second = settings.tiering_max_bytes_per_second;
     let tierer = sediment_tiering::Tierer::new(archive.clone(), log.clone(), tiering)
@@ -160,8 +167,6 @@ async fn serve(args: ServeArgs) -> Result<()> {
         cancel.clone(),
         tracker.clone(),
     ));
-    let engine = sediment_sql::Engine::new(log.clone(), archive.clone())
-        .map_err(|e| anyhow::anyhow!("starting the SQL engine: {e}"))?;
     engine.set_groups(Arc::new(Groups(groups.clone())));
     sediment_pgwire::install_pg_catalog(&engine)
         .map_err(|e| anyhow::anyhow!("setting up pg_catalog: {e}"))?;

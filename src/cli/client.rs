@@ -28,8 +28,9 @@ use kafka_protocol::error::ResponseError;
 use kafka_protocol::messages::list_offsets_request::{ListOffsetsPartition, ListOffsetsTopic};
 use kafka_protocol::messages::metadata_request::MetadataRequestTopic;
 use kafka_protocol::messages::{
-    ApiKey, ApiVersionsRequest, ApiVersionsResponse, BrokerId, ListOffsetsRequest, MetadataRequest,
-    MetadataResponse, RequestHeader, ResponseHeader, TopicName,
+    ApiKey, ApiVersionsRequest, ApiVersionsResponse, BrokerId, FindCoordinatorRequest,
+    ListOffsetsRequest, MetadataRequest, MetadataResponse, RequestHeader, ResponseHeader,
+    TopicName,
 };
 use kafka_protocol::protocol::{Decodable, Encodable, Message, Request, StrBytes, VersionRange};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -46,6 +47,10 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Upper bound on one request/response round trip. Generous: it must cover
 /// a broker-side produce timeout or fetch wait on top of network time.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
+/// FindCoordinator attempts while the broker answers with a retriable error
+/// (e.g. COORDINATOR_NOT_AVAILABLE while it loads), and the pause between.
+const COORDINATOR_ATTEMPTS: u32 = 10;
+const COORDINATOR_RETRY_BACKOFF: Duration = Duration::from_millis(200);
 
 /// Kafka's name for an error code, e.g. `TOPIC_ALREADY_EXISTS`.
 pub fn error_name(code: i16) -> String {
@@ -516,6 +521,43 @@ impl Client {
             );
         }
         Ok(out)
+    }
+
+    /// The coordinator of consumer group `group` as (node id, `host:port`),
+    /// from FindCoordinator; retriable errors are retried a few times.
+    pub async fn find_coordinator(&mut self, group: &str) -> Result<(i32, String)> {
+        let version = self.bootstrap.version_for::<FindCoordinatorRequest>()?;
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let mut request = FindCoordinatorRequest::default().with_key_type(0);
+            if version >= 4 {
+                request.coordinator_keys = vec![StrBytes::from_string(group.to_owned())];
+            } else {
+                request.key = StrBytes::from_string(group.to_owned());
+            }
+            let r = self.bootstrap.send_version(&request, version).await?;
+            let (code, message, node, host, port) = if version >= 4 {
+                let c = r
+                    .coordinators
+                    .into_iter()
+                    .next()
+                    .ok_or_else(|| anyhow!("FindCoordinator response is empty"))?;
+                (c.error_code, c.error_message, c.node_id, c.host, c.port)
+            } else {
+                (r.error_code, r.error_message, r.node_id, r.host, r.port)
+            };
+            if code != 0 && is_retriable(code) && attempt < COORDINATOR_ATTEMPTS {
+                tokio::time::sleep(COORDINATOR_RETRY_BACKOFF).await;
+                continue;
+            }
+            check(
+                code,
+                message.as_ref(),
+                format_args!("FindCoordinator for group '{group}'"),
+            )?;
+            return Ok((node.0, format!("{}:{port}", host.as_str())));
+        }
     }
 
     /// The connection to broker `node_id`. With a single-broker cluster, or

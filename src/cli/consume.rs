@@ -26,8 +26,7 @@ use kafka_protocol::messages::offset_commit_request::{
 };
 use kafka_protocol::messages::offset_fetch_request::OffsetFetchRequestTopic;
 use kafka_protocol::messages::{
-    FetchRequest, FindCoordinatorRequest, GroupId, OffsetCommitRequest, OffsetFetchRequest,
-    TopicName,
+    FetchRequest, GroupId, OffsetCommitRequest, OffsetFetchRequest, TopicName,
 };
 use kafka_protocol::protocol::StrBytes;
 use kafka_protocol::records::{Record, TimestampType};
@@ -285,46 +284,6 @@ impl Consumer {
                 }
             }
             Err(e) => tracing::debug!("refreshing metadata: {e:#}"),
-        }
-    }
-
-    async fn find_coordinator(&mut self, group: &str) -> Result<(i32, String)> {
-        let conn = self.client.bootstrap();
-        let version = conn.version_for::<FindCoordinatorRequest>()?;
-        let mut attempt = 0;
-        loop {
-            attempt += 1;
-            let mut request = FindCoordinatorRequest::default().with_key_type(0);
-            if version >= 4 {
-                request.coordinator_keys = vec![StrBytes::from_string(group.to_owned())];
-            } else {
-                request.key = StrBytes::from_string(group.to_owned());
-            }
-            let r = self
-                .client
-                .bootstrap()
-                .send_version(&request, version)
-                .await?;
-            let (code, message, node, host, port) = if version >= 4 {
-                let c = r
-                    .coordinators
-                    .into_iter()
-                    .next()
-                    .ok_or_else(|| anyhow!("FindCoordinator response is empty"))?;
-                (c.error_code, c.error_message, c.node_id, c.host, c.port)
-            } else {
-                (r.error_code, r.error_message, r.node_id, r.host, r.port)
-            };
-            if code != 0 && is_retriable(code) && attempt < MAX_CONSECUTIVE_FAILURES {
-                tokio::time::sleep(RETRY_BACKOFF).await;
-                continue;
-            }
-            check(
-                code,
-                message.as_ref(),
-                format_args!("FindCoordinator for group '{group}'"),
-            )?;
-            return Ok((node.0, format!("{}:{port}", host.as_str())));
         }
     }
 
@@ -612,7 +571,7 @@ pub async fn run(args: ConsumeArgs, bootstrap: &str) -> Result<()> {
         failures: 0,
     };
     if let Some(g) = &args.group {
-        let coordinator = consumer.find_coordinator(g).await?;
+        let coordinator = consumer.client.find_coordinator(g).await?;
         consumer.group = Some(Group {
             id: g.clone(),
             coordinator,
