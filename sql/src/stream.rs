@@ -523,9 +523,17 @@ impl TableProvider for StreamTable {
                     .collect(),
             }
         });
-        let split =
-            self.topic
-                .plan_scan(state, &raw_projection, &raw_filters, limit, typed.as_ref())?;
+        let split = self
+            .topic
+            .plan_scan(
+                state,
+                &raw_projection,
+                &raw_filters,
+                true,
+                limit,
+                typed.as_ref(),
+            )
+            .await?;
         let schema = Arc::new(self.schema.project(&wanted)?);
         let decode = |input, typed| -> Arc<dyn ExecutionPlan> {
             Arc::new(DecodeExec::new(

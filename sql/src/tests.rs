@@ -283,6 +283,7 @@ async fn archived_files_carry_the_stream_columns_and_scans_read_them() {
     );
     let plan = explain(&f, "SELECT sum(amount) FROM trades").await;
     assert!(plan.contains("from=typed archive columns"), "{plan}");
+    assert!(plan.contains("columns=typed"), "{plan}");
     assert!(plan.contains("from=JSON"), "{plan}");
     let wide = explain(&f, "SELECT sum(amount) FROM trades_wide").await;
     assert!(!wide.contains("typed"), "{wide}");
@@ -328,6 +329,70 @@ async fn archived_files_carry_the_stream_columns_and_scans_read_them() {
         }
         other => panic!("{other:?}"),
     }
+}
+
+/// EXPLAIN names the archive files and row groups a scan will read, before
+/// it runs: offset and time bounds are checked against each row group's
+/// statistics while planning, and the scan skips the others.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn explain_lists_the_row_groups_planning_kept() {
+    let f = fixture();
+    let t0 = f.t0;
+    f.log.create_topic("big", 1, BTreeMap::new()).unwrap();
+    // 70 batches of 1,000: row groups of offsets [0, 33000), [33000,
+    // 66000) and [66000, 70000) (32Ki rows, ended on a batch boundary).
+    for b in 0..70 {
+        let values: Vec<String> = (0..1000).map(|i| json(b * 1000 + i)).collect();
+        produce(&f, "big", 0, &values, t0 + b * 1000);
+    }
+    roll(&f, "big");
+    assert_eq!(f.tierer.pass().await.failed, 0);
+    let plan = explain(&f, "SELECT count(*) FROM topics.big").await;
+    assert!(
+        plan.contains("ArchiveScanExec: files=1 row_groups=3 of 3"),
+        "{plan}"
+    );
+    let sql = "SELECT count(*) FROM topics.big WHERE \"offset\" >= 66000";
+    let plan = explain(&f, sql).await;
+    assert!(
+        plan.contains("ArchiveScanExec: files=1 row_groups=1 of 3"),
+        "{plan}"
+    );
+    // The filter reaches the Parquet scan once.
+    assert!(plan.contains("predicate=offset@1 >= 66000,"), "{plan}");
+    assert_eq!(scalar_i64(&f, sql).await, 4_000);
+    let sql = "SELECT count(*) FROM topics.big WHERE \"offset\" >= 40000";
+    assert!(explain(&f, sql)
+        .await
+        .contains("ArchiveScanExec: files=1 row_groups=2 of 3"));
+    assert_eq!(scalar_i64(&f, sql).await, 30_000);
+    let sql = format!(
+        "SELECT count(*) FROM topics.big WHERE timestamp < to_timestamp_millis({})",
+        t0 + 10_000
+    );
+    let plan = explain(&f, &sql).await;
+    assert!(
+        plan.contains("ArchiveScanExec: files=1 row_groups=1 of 3"),
+        "{plan}"
+    );
+    assert_eq!(scalar_i64(&f, &sql).await, 10_000);
+    // Nothing in range: the file is not read at all.
+    let sql = "SELECT count(*) FROM topics.big WHERE \"offset\" BETWEEN 33000 AND 32999";
+    assert!(!explain(&f, sql).await.contains("ArchiveScanExec"));
+    // Typed files of a stream are listed the same way.
+    f.engine
+        .execute("CREATE STREAM big (user_id VARCHAR, amount DOUBLE) WITH (KAFKA_TOPIC='big')")
+        .await
+        .unwrap();
+    let plan = explain(&f, "SELECT sum(amount) FROM big WHERE _offset < 1000").await;
+    assert!(
+        plan.contains("ArchiveScanExec: files=1 row_groups=1 of 3"),
+        "{plan}"
+    );
+    assert_eq!(
+        scalar_i64(&f, "SELECT sum(amount) FROM big WHERE _offset < 1000").await,
+        (0..1000).sum::<i64>()
+    );
 }
 
 async fn explain(f: &Fixture, sql: &str) -> String {

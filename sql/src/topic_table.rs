@@ -22,9 +22,11 @@ use async_trait::async_trait;
 use datafusion::arrow::array::RecordBatch;
 use datafusion::arrow::datatypes::{Fields, Schema, SchemaRef};
 use datafusion::catalog::{Session, TableProvider};
+use datafusion::common::config::ConfigOptions;
 use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
 use datafusion::common::{Column, DFSchema, Result};
 use datafusion::datasource::listing::PartitionedFile;
+use datafusion::datasource::physical_plan::parquet::ParquetAccessPlan;
 use datafusion::datasource::physical_plan::{FileGroup, FileScanConfigBuilder, ParquetSource};
 use datafusion::datasource::source::DataSourceExec;
 use datafusion::datasource::TableType;
@@ -33,13 +35,18 @@ use datafusion::execution::object_store::ObjectStoreUrl;
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
 use datafusion::logical_expr::utils::conjunction;
 use datafusion::logical_expr::{Expr, TableProviderFilterPushDown};
+use datafusion::parquet::file::metadata::ParquetMetaData;
+use datafusion::parquet::file::statistics::Statistics;
 use datafusion::physical_expr::{EquivalenceProperties, PhysicalExpr};
 use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
+use datafusion::physical_plan::filter_pushdown::{FilterDescription, FilterPushdownPhase};
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::union::UnionExec;
 use datafusion::physical_plan::{
     DisplayAs, DisplayFormatType, ExecutionPlan, Partitioning, PlanProperties,
 };
+use futures::{StreamExt, TryStreamExt};
+use object_store::path::Path;
 use sediment_log::{batch, records, LogError, LogManager, Partition};
 use sediment_tiering::convert::{self, Columns};
 use sediment_tiering::{Archive, ArchiveRead, ValueColumn};
@@ -169,7 +176,11 @@ impl TableProvider for TopicTable {
     ) -> Result<Arc<dyn ExecutionPlan>> {
         let all: Vec<usize> = (0..TABLE_COLUMNS.len()).collect();
         let projection = projection.unwrap_or(&all);
-        let split = self.plan_scan(state, projection, &unqualified(filters), limit, None)?;
+        // DataFusion pushes the query's filters into the Parquet scan
+        // itself (they sit right above it): no predicate of our own.
+        let split = self
+            .plan_scan(state, projection, &unqualified(filters), false, limit, None)
+            .await?;
         Ok(match split.raw {
             Some(plan) => plan,
             None => Arc::new(datafusion::physical_plan::empty::EmptyExec::new(Arc::new(
@@ -216,28 +227,33 @@ pub(crate) struct SplitScan {
 
 impl TopicTable {
     /// Plans a scan of table columns `projection` with unqualified
-    /// `filters`. With `typed`, archive files carrying exactly those value
-    /// columns are scanned separately, through them.
-    pub(crate) fn plan_scan(
+    /// `filters` (which prune files, row groups and hot ranges, and with
+    /// `predicate` also filter rows inside the Parquet scan). With `typed`,
+    /// archive files carrying exactly those value columns are scanned
+    /// separately, through them.
+    pub(crate) async fn plan_scan(
         &self,
         state: &dyn Session,
         projection: &[usize],
         filters: &[Expr],
+        predicate: bool,
         limit: Option<usize>,
         typed: Option<&TypedColumns>,
     ) -> Result<SplitScan> {
         let wanted = typed.map(TypedColumns::sorted);
         let plan = ScanPlan::new(&self.log, &self.archive, &self.topic, filters, wanted)?;
+        let files = self.row_groups(plan.files, &plan.bounds).await?;
+        let typed_files = self.row_groups(plan.typed_files, &plan.bounds).await?;
         let file_projection: Vec<usize> = projection.iter().map(|&i| TABLE_COLUMNS[i]).collect();
         let projected = Arc::new(self.schema.project(projection)?);
         let mut inputs: Vec<Arc<dyn ExecutionPlan>> = Vec::new();
-        if !plan.files.is_empty() {
+        if !files.files.is_empty() {
             inputs.push(parquet_scan(
                 state,
                 convert::schema(),
-                plan.files,
+                files,
                 file_projection.clone(),
-                filters,
+                if predicate { filters } else { &[] },
                 limit,
             )?);
         }
@@ -257,14 +273,14 @@ impl TopicTable {
             _ => Some(UnionExec::try_new(inputs)?),
         };
         let typed = match typed {
-            Some(t) if !plan.typed_files.is_empty() => {
+            Some(t) if !typed_files.files.is_empty() => {
                 // partition, offset, timestamp, key, then the typed ones.
                 let mut cols = vec![0, 1, 2, 4];
                 cols.extend((0..t.fields.len()).map(|i| convert::RAW_COLUMNS + i));
                 Some(parquet_scan(
                     state,
                     convert::schema_with(&t.fields),
-                    plan.typed_files,
+                    typed_files,
                     cols,
                     &t.filters,
                     limit,
@@ -274,6 +290,77 @@ impl TopicTable {
         };
         Ok(SplitScan { raw, typed })
     }
+
+    /// Reads the footers of `files` (cached, a few at a time) and keeps the
+    /// row groups whose offset and time statistics can match `bounds`.
+    async fn row_groups(&self, files: Vec<(Path, u64)>, bounds: &Bounds) -> Result<ArchiveFiles> {
+        let archive = &self.archive;
+        let footers: Vec<_> = futures::stream::iter(files)
+            .map(|(path, size)| async move {
+                let meta = archive.footer(&path, size).await.map_err(external)?;
+                Ok::<_, DataFusionError>((path, size, meta))
+            })
+            .buffered(FOOTER_READS)
+            .try_collect()
+            .await?;
+        let mut out = ArchiveFiles::default();
+        for (path, size, meta) in footers {
+            let total = meta.metadata().num_row_groups();
+            let (access, kept) = row_groups_within(meta.metadata(), bounds);
+            out.total_row_groups += total;
+            out.row_groups += kept;
+            if kept == 0 {
+                continue;
+            }
+            let mut file = PartitionedFile::new(path.to_string(), size);
+            if let Some(access) = access {
+                file = file.with_extension(access);
+            }
+            out.files.push(file);
+        }
+        Ok(out)
+    }
+}
+
+/// Footers read at once while planning (each is one ranged read).
+const FOOTER_READS: usize = 16;
+
+/// Archive files a scan reads, with the row groups planning kept.
+#[derive(Default)]
+struct ArchiveFiles {
+    files: Vec<PartitionedFile>,
+    row_groups: usize,
+    total_row_groups: usize,
+}
+
+/// Row groups of an archive file that can hold rows within `bounds`, by
+/// their offset and timestamp statistics (a row group without them is
+/// kept), as the access plan DataFusion's Parquet scan follows; None when
+/// every row group is kept.
+fn row_groups_within(
+    meta: &ParquetMetaData,
+    bounds: &Bounds,
+) -> (Option<ParquetAccessPlan>, usize) {
+    let columns = meta.file_metadata().schema_descr().columns();
+    let index = |name: &str| columns.iter().position(|c| c.name() == name);
+    let (offset, timestamp) = (index("offset"), index("timestamp"));
+    let total = meta.num_row_groups();
+    let mut plan = ParquetAccessPlan::new_all(total);
+    let mut kept = 0;
+    for (i, rg) in meta.row_groups().iter().enumerate() {
+        let range = |col: Option<usize>| match col.and_then(|c| rg.column(c).statistics()) {
+            Some(Statistics::Int64(s)) => s.min_opt().copied().zip(s.max_opt().copied()),
+            _ => None,
+        };
+        let (lo, hi) = range(offset).unwrap_or((i64::MIN, i64::MAX - 1));
+        let (ts_lo, ts_hi) = range(timestamp).unwrap_or((i64::MIN, i64::MAX));
+        if bounds.overlaps(lo, hi.saturating_add(1), ts_lo, ts_hi) {
+            kept += 1;
+        } else {
+            plan.skip(i);
+        }
+    }
+    ((kept < total).then_some(plan), kept)
 }
 
 /// DataFusion's Parquet scan of archive `files` with `file_schema`:
@@ -281,11 +368,12 @@ impl TopicTable {
 fn parquet_scan(
     state: &dyn Session,
     file_schema: SchemaRef,
-    files: Vec<PartitionedFile>,
+    files: ArchiveFiles,
     projection: Vec<usize>,
     filters: &[Expr],
     limit: Option<usize>,
 ) -> Result<Arc<dyn ExecutionPlan>> {
+    let typed = file_schema.fields().len() > convert::RAW_COLUMNS;
     let mut source = ParquetSource::new(file_schema.clone())
         .with_pushdown_filters(true)
         .with_reorder_filters(true)
@@ -297,19 +385,115 @@ fn parquet_scan(
     }
     let config =
         FileScanConfigBuilder::new(ObjectStoreUrl::parse(ARCHIVE_STORE_URL)?, Arc::new(source))
-            .with_file_group(FileGroup::new(files))
+            .with_file_group(FileGroup::new(files.files.clone()))
             .with_projection_indices(Some(projection))?
             .with_limit(limit)
             .build();
-    Ok(DataSourceExec::from_data_source(config))
+    Ok(Arc::new(ArchiveScanExec {
+        input: DataSourceExec::from_data_source(config),
+        files: files.files.len(),
+        row_groups: files.row_groups,
+        total_row_groups: files.total_row_groups,
+        typed,
+    }))
+}
+
+/// One Parquet scan of archive files, with what planning kept of them:
+/// EXPLAIN shows the files and row groups it will read before running.
+#[derive(Debug)]
+pub struct ArchiveScanExec {
+    input: Arc<dyn ExecutionPlan>,
+    files: usize,
+    row_groups: usize,
+    total_row_groups: usize,
+    typed: bool,
+}
+
+impl DisplayAs for ArchiveScanExec {
+    fn fmt_as(&self, _t: DisplayFormatType, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "ArchiveScanExec: files={} row_groups={} of {}",
+            self.files, self.row_groups, self.total_row_groups
+        )?;
+        if self.typed {
+            write!(f, " columns=typed")?;
+        }
+        Ok(())
+    }
+}
+
+impl ExecutionPlan for ArchiveScanExec {
+    fn name(&self) -> &str {
+        "ArchiveScanExec"
+    }
+
+    fn properties(&self) -> &Arc<PlanProperties> {
+        self.input.properties()
+    }
+
+    fn children(&self) -> Vec<&Arc<dyn ExecutionPlan>> {
+        vec![&self.input]
+    }
+
+    fn maintains_input_order(&self) -> Vec<bool> {
+        vec![true]
+    }
+
+    fn supports_limit_pushdown(&self) -> bool {
+        true
+    }
+
+    // Transparent to filters: dynamic filters (TopK, joins) reach the scan.
+    fn gather_filters_for_pushdown(
+        &self,
+        _phase: FilterPushdownPhase,
+        parent_filters: Vec<Arc<dyn PhysicalExpr>>,
+        _config: &ConfigOptions,
+    ) -> Result<FilterDescription> {
+        FilterDescription::from_children(parent_filters, &self.children())
+    }
+
+    fn apply_expressions(
+        &self,
+        _f: &mut dyn FnMut(&Arc<dyn PhysicalExpr>) -> Result<TreeNodeRecursion>,
+    ) -> Result<TreeNodeRecursion> {
+        Ok(TreeNodeRecursion::Continue)
+    }
+
+    fn with_new_children(
+        self: Arc<Self>,
+        mut children: Vec<Arc<dyn ExecutionPlan>>,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        let input = children
+            .pop()
+            .ok_or_else(|| DataFusionError::Internal("ArchiveScanExec needs one child".into()))?;
+        Ok(Arc::new(ArchiveScanExec {
+            input,
+            files: self.files,
+            row_groups: self.row_groups,
+            total_row_groups: self.total_row_groups,
+            typed: self.typed,
+        }))
+    }
+
+    fn execute(
+        &self,
+        partition: usize,
+        context: Arc<TaskContext>,
+    ) -> Result<SendableRecordBatchStream> {
+        self.input.execute(partition, context)
+    }
 }
 
 /// What one scan reads: archive files and hot ranges, from one snapshot.
 pub(crate) struct ScanPlan {
-    pub files: Vec<PartitionedFile>,
+    /// Archive files (path, size) the manifest's statistics keep.
+    pub files: Vec<(Path, u64)>,
     /// Files whose typed value columns are exactly the wanted ones.
-    pub typed_files: Vec<PartitionedFile>,
+    pub typed_files: Vec<(Path, u64)>,
     pub hot: Vec<HotRange>,
+    pub bounds: Bounds,
 }
 
 impl ScanPlan {
@@ -328,6 +512,7 @@ impl ScanPlan {
             files: Vec::new(),
             typed_files: Vec::new(),
             hot: Vec::new(),
+            bounds: bounds.clone(),
         };
         if bounds.is_empty() {
             return Ok(plan);
@@ -354,10 +539,7 @@ impl ScanPlan {
                         f.min_timestamp,
                         f.max_timestamp,
                     ) {
-                        let file = PartitionedFile::new(
-                            archive.file_path(topic, index, f).to_string(),
-                            f.bytes,
-                        );
+                        let file = (archive.file_path(topic, index, f), f.bytes);
                         let is_typed = typed.as_ref().is_some_and(|want| {
                             !f.value_columns.is_empty()
                                 && sorted_columns(f.value_columns.iter().cloned()) == *want

@@ -220,8 +220,13 @@ impl Archive {
         Ok(out)
     }
 
-    /// The parsed footer of a file (cached).
-    async fn footer(&self, path: &Path, size: u64) -> Result<ArrowReaderMetadata, ArchiveError> {
+    /// The parsed footer of an archive file of `size` bytes (cached; the
+    /// SQL engine plans row groups with it).
+    pub async fn footer(
+        &self,
+        path: &Path,
+        size: u64,
+    ) -> Result<ArrowReaderMetadata, ArchiveError> {
         if let Some(m) = self.cache.footer(path.as_ref()) {
             return Ok(m);
         }
