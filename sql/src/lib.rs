@@ -26,6 +26,7 @@ use datafusion::prelude::{SessionConfig, SessionContext};
 use sediment_log::LogManager;
 use sediment_tiering::Archive;
 
+pub mod functions;
 pub mod insert;
 pub mod ranges;
 pub mod statements;
@@ -93,6 +94,7 @@ impl Engine {
             .with_default_features()
             .build();
         let ctx = SessionContext::new_with_state(state);
+        ctx.register_udf(functions::OctetLength::udf());
         let url = url::Url::parse(topic_table::ARCHIVE_STORE_URL)
             .map_err(|e| SqlError::internal(e.to_string()))?;
         ctx.register_object_store(&url, archive.store().clone());
