@@ -661,11 +661,9 @@ impl ExecutionPlan for DecodeExec {
 
     fn with_new_children(
         self: Arc<Self>,
-        mut children: Vec<Arc<dyn ExecutionPlan>>,
+        children: Vec<Arc<dyn ExecutionPlan>>,
     ) -> Result<Arc<dyn ExecutionPlan>> {
-        let input = children
-            .pop()
-            .ok_or_else(|| DataFusionError::Internal("DecodeExec needs one child".into()))?;
+        let input = crate::topic_table::only_child(children, "DecodeExec")?;
         Ok(Arc::new(DecodeExec::new(
             input,
             self.stream.clone(),

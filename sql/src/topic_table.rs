@@ -374,6 +374,7 @@ fn parquet_scan(
     limit: Option<usize>,
 ) -> Result<Arc<dyn ExecutionPlan>> {
     let typed = file_schema.fields().len() > convert::RAW_COLUMNS;
+    let file_count = files.files.len();
     let mut source = ParquetSource::new(file_schema.clone())
         .with_pushdown_filters(true)
         .with_reorder_filters(true)
@@ -385,13 +386,13 @@ fn parquet_scan(
     }
     let config =
         FileScanConfigBuilder::new(ObjectStoreUrl::parse(ARCHIVE_STORE_URL)?, Arc::new(source))
-            .with_file_group(FileGroup::new(files.files.clone()))
+            .with_file_group(FileGroup::new(files.files))
             .with_projection_indices(Some(projection))?
             .with_limit(limit)
             .build();
     Ok(Arc::new(ArchiveScanExec {
         input: DataSourceExec::from_data_source(config),
-        files: files.files.len(),
+        files: file_count,
         row_groups: files.row_groups,
         total_row_groups: files.total_row_groups,
         typed,
@@ -463,11 +464,9 @@ impl ExecutionPlan for ArchiveScanExec {
 
     fn with_new_children(
         self: Arc<Self>,
-        mut children: Vec<Arc<dyn ExecutionPlan>>,
+        children: Vec<Arc<dyn ExecutionPlan>>,
     ) -> Result<Arc<dyn ExecutionPlan>> {
-        let input = children
-            .pop()
-            .ok_or_else(|| DataFusionError::Internal("ArchiveScanExec needs one child".into()))?;
+        let input = only_child(children, "ArchiveScanExec")?;
         Ok(Arc::new(ArchiveScanExec {
             input,
             files: self.files,
@@ -715,6 +714,17 @@ struct HotReader {
     pos: i64,
     left: usize,
     started: bool,
+}
+
+/// The one input of a single-child plan node, given to `with_new_children`.
+pub(crate) fn only_child(
+    mut children: Vec<Arc<dyn ExecutionPlan>>,
+    node: &str,
+) -> Result<Arc<dyn ExecutionPlan>> {
+    match (children.pop(), children.is_empty()) {
+        (Some(child), true) => Ok(child),
+        _ => Err(DataFusionError::Internal(format!("{node} needs one child"))),
+    }
 }
 
 fn external(e: impl std::error::Error + Send + Sync + 'static) -> DataFusionError {
