@@ -3,9 +3,11 @@
 //! statistics, hot segments by the offset and time indexes).
 //!
 //! Only conjunctions of simple comparisons between a column and a literal
-//! are understood; anything else prunes nothing. Pruning is never the last
-//! word: the filter still runs above the scan, so a bound here only has to
-//! be *wide enough*, never exact.
+//! are understood; anything else prunes nothing. A filter that is wholly
+//! understood ([`Bounds::is_exact`]) is exactly the set of rows within the
+//! bounds, so a topic scan can take it over from DataFusion: it reads row
+//! groups and hot ranges that lie wholly inside the bounds without testing
+//! a row, and filters only the ones that straddle a bound.
 
 use std::collections::BTreeSet;
 
@@ -71,15 +73,37 @@ impl Bounds {
             && min_ts <= self.ts_hi
     }
 
-    fn apply(&mut self, e: &Expr) {
+    /// Whether every row of such a range matches (of a partition the
+    /// bounds keep).
+    pub fn contains(&self, base: i64, next: i64, min_ts: i64, max_ts: i64) -> bool {
+        base >= self.offset_lo
+            && next <= self.offset_hi
+            && min_ts >= self.ts_lo
+            && max_ts <= self.ts_hi
+    }
+
+    /// Whether the time bounds exclude any timestamp.
+    pub fn bounds_time(&self) -> bool {
+        self.ts_lo > i64::MIN || self.ts_hi < i64::MAX
+    }
+
+    /// Whether `filter` is wholly understood: a row matches it exactly
+    /// when it lies within the bounds the filter implies.
+    pub fn is_exact(filter: &Expr) -> bool {
+        let mut b = Bounds::default();
+        split_conjunction(filter).into_iter().all(|e| b.apply(e))
+    }
+
+    /// Narrows the bounds by `e`; true when `e` is exactly those bounds.
+    fn apply(&mut self, e: &Expr) -> bool {
         match e {
             Expr::BinaryExpr(BinaryExpr { left, op, right }) => {
                 if let (Some(col), Some(v)) = (column(left), literal(right)) {
-                    self.compare(col, *op, v);
+                    self.compare(col, *op, v)
                 } else if let (Some(v), Some(col)) = (literal(left), column(right)) {
-                    if let Some(op) = op.swap() {
-                        self.compare(col, op, v);
-                    }
+                    op.swap().is_some_and(|op| self.compare(col, op, v))
+                } else {
+                    false
                 }
             }
             Expr::Between(Between {
@@ -90,39 +114,52 @@ impl Bounds {
             }) => {
                 if let (Some(col), Some(lo), Some(hi)) = (column(expr), literal(low), literal(high))
                 {
-                    self.compare(col, Operator::GtEq, lo);
-                    self.compare(col, Operator::LtEq, hi);
+                    // Both sides, even when the first is not understood.
+                    let low = self.compare(col, Operator::GtEq, lo);
+                    let high = self.compare(col, Operator::LtEq, hi);
+                    low && high
+                } else {
+                    false
                 }
             }
             Expr::InList(list) if !list.negated && column(&list.expr) == Some("partition") => {
+                // Values that are no partition number match no partition.
                 let values: Option<BTreeSet<i32>> = list
                     .list
                     .iter()
-                    .map(|v| literal(v).and_then(|v| i32::try_from(v).ok()))
-                    .collect();
-                if let Some(values) = values {
-                    self.restrict_partitions(values);
+                    .map(|v| literal(v).map(|v| i32::try_from(v).ok()))
+                    .collect::<Option<Vec<_>>>()
+                    .map(|v| v.into_iter().flatten().collect());
+                match values {
+                    Some(values) => {
+                        self.restrict_partitions(values);
+                        true
+                    }
+                    None => false,
                 }
             }
-            _ => {}
+            _ => false,
         }
     }
 
-    fn compare(&mut self, col: &str, op: Operator, v: i64) {
+    /// Narrows by `col op v`; true when that is exactly the bound.
+    fn compare(&mut self, col: &str, op: Operator, v: i64) -> bool {
         match col {
             "offset" => narrow(&mut self.offset_lo, &mut self.offset_hi, op, v),
             "timestamp" => {
                 // Inclusive upper bound here: turn `< v` into `<= v - 1`.
                 let mut hi = self.ts_hi.saturating_add(1);
-                narrow(&mut self.ts_lo, &mut hi, op, v);
+                let exact = narrow(&mut self.ts_lo, &mut hi, op, v);
                 self.ts_hi = hi.saturating_sub(1);
+                exact
             }
             "partition" if op == Operator::Eq => {
                 // An out-of-range partition number matches no partition.
                 let p = i32::try_from(v).ok();
                 self.restrict_partitions(p.into_iter().collect());
+                true
             }
-            _ => {}
+            _ => false,
         }
     }
 
@@ -134,18 +171,33 @@ impl Bounds {
     }
 }
 
-/// Narrows a half-open `[lo, hi)` range by `col op v`.
-fn narrow(lo: &mut i64, hi: &mut i64, op: Operator, v: i64) {
+/// Narrows a half-open `[lo, hi)` range by `col op v`; true when the
+/// range is exactly `op v` (a saturated bound at the end of the `i64`
+/// range is not).
+fn narrow(lo: &mut i64, hi: &mut i64, op: Operator, v: i64) -> bool {
     match op {
         Operator::Eq => {
             *lo = (*lo).max(v);
             *hi = (*hi).min(v.saturating_add(1));
+            v < i64::MAX
         }
-        Operator::Gt => *lo = (*lo).max(v.saturating_add(1)),
-        Operator::GtEq => *lo = (*lo).max(v),
-        Operator::Lt => *hi = (*hi).min(v),
-        Operator::LtEq => *hi = (*hi).min(v.saturating_add(1)),
-        _ => {}
+        Operator::Gt => {
+            *lo = (*lo).max(v.saturating_add(1));
+            v < i64::MAX
+        }
+        Operator::GtEq => {
+            *lo = (*lo).max(v);
+            true
+        }
+        Operator::Lt => {
+            *hi = (*hi).min(v);
+            true
+        }
+        Operator::LtEq => {
+            *hi = (*hi).min(v.saturating_add(1));
+            v < i64::MAX
+        }
+        _ => false,
     }
 }
 
@@ -226,6 +278,35 @@ mod tests {
             col("partition").eq(lit(2i32)),
         ]);
         assert_eq!(b.partitions, Some(BTreeSet::from([2])));
+    }
+
+    #[test]
+    fn exact_filters_are_wholly_bounds() {
+        let ts = |ms| {
+            lit(ScalarValue::TimestampMillisecond(
+                Some(ms),
+                Some("UTC".into()),
+            ))
+        };
+        for f in [
+            col("offset")
+                .gt_eq(lit(10i64))
+                .and(col("partition").eq(lit(1i32))),
+            col("timestamp").between(ts(1000), ts(2000)),
+            col("partition").in_list(vec![lit(0i32), lit(5_000_000_000i64)], false),
+            lit(3i64).lt(col("offset")),
+        ] {
+            assert!(Bounds::is_exact(&f), "{f}");
+        }
+        for f in [
+            col("offset").gt_eq(lit(10i64)).and(col("key").is_null()),
+            col("offset").not_eq(lit(7i64)),
+            col("partition").lt(lit(2i32)),
+            col("offset").lt_eq(lit(i64::MAX)),
+            col("timestamp").gt_eq(lit(ScalarValue::TimestampNanosecond(Some(1_500_000), None))),
+        ] {
+            assert!(!Bounds::is_exact(&f), "{f}");
+        }
     }
 
     #[test]

@@ -46,7 +46,7 @@ use datafusion::arrow::datatypes::{Fields, Int64Type};
 use datafusion::physical_plan::union::UnionExec;
 use sediment_tiering::convert::{ValueColumns, ValueDecoder, VALUE_COLUMN_PREFIX};
 
-use crate::topic_table::{unqualified, TopicTable, TypedColumns};
+use crate::topic_table::{unqualified, RowFilter, TopicTable, TypedColumns};
 
 /// The file's format name and the version this build writes.
 pub const STREAMS_FORMAT: &str = "sediment-streams";
@@ -529,7 +529,7 @@ impl TableProvider for StreamTable {
                 state,
                 &raw_projection,
                 &raw_filters,
-                true,
+                RowFilter::All,
                 limit,
                 typed.as_ref(),
             )

@@ -182,6 +182,21 @@ async fn a_topic_is_one_table_over_both_tiers_with_no_gap_or_duplicate() {
         t0 + 310
     );
     assert_eq!(scalar_i64(&f, &sql).await, 40);
+    // Time bounds inside the hot range are applied by the scan alone (no
+    // FilterExec), row by row: the same count as a filter it cannot take.
+    let within = format!(
+        "timestamp BETWEEN to_timestamp_millis({}) AND to_timestamp_millis({})",
+        t0 + 400,
+        t0 + 409
+    );
+    let sql = format!("SELECT count(*) FROM topics.trades WHERE {within}");
+    assert!(!explain(&f, &sql).await.contains("FilterExec"));
+    assert_eq!(scalar_i64(&f, &sql).await, 20);
+    let sql = format!("SELECT count(*) FROM topics.trades WHERE {within} OR \"offset\" < 0");
+    assert!(explain(&f, &sql).await.contains("FilterExec"));
+    assert_eq!(scalar_i64(&f, &sql).await, 20);
+    let sql = format!("SELECT count(*) FROM (SELECT * FROM topics.trades WHERE {within} LIMIT 15)");
+    assert_eq!(scalar_i64(&f, &sql).await, 15);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -358,14 +373,37 @@ async fn explain_lists_the_row_groups_planning_kept() {
         plan.contains("ArchiveScanExec: files=1 row_groups=1 of 3"),
         "{plan}"
     );
-    // The filter reaches the Parquet scan once.
-    assert!(plan.contains("predicate=offset@1 >= 66000,"), "{plan}");
+    // That row group lies wholly inside the bound: no row is tested, and
+    // DataFusion left the filter to the scan.
+    assert!(!plan.contains("predicate="), "{plan}");
+    assert!(!plan.contains("FilterExec"), "{plan}");
     assert_eq!(scalar_i64(&f, sql).await, 4_000);
+    // A bound inside a row group: only that one is filtered by row.
     let sql = "SELECT count(*) FROM topics.big WHERE \"offset\" >= 40000";
-    assert!(explain(&f, sql)
-        .await
-        .contains("ArchiveScanExec: files=1 row_groups=2 of 3"));
+    let plan = explain(&f, sql).await;
+    assert!(
+        plan.contains("ArchiveScanExec: files=1 row_groups=2 of 3 filtered_row_groups=1"),
+        "{plan}"
+    );
+    assert_eq!(
+        plan.matches("predicate=offset@1 >= 40000").count(),
+        1,
+        "{plan}"
+    );
     assert_eq!(scalar_i64(&f, sql).await, 30_000);
+    // Exact at every edge, with and without a limit, over row groups.
+    for (sql, n) in [
+        ("\"offset\" > 32999 AND \"offset\" < 66001", 33_001),
+        ("\"offset\" BETWEEN 0 AND 32999", 33_000),
+        ("\"offset\" = 65999 AND \"partition\" = 0", 1),
+        ("\"offset\" >= 69999", 1),
+        ("\"partition\" IN (1, 5000000000)", 0),
+    ] {
+        let q = format!("SELECT count(*) FROM topics.big WHERE {sql}");
+        assert_eq!(scalar_i64(&f, &q).await, n, "{q}");
+        let q = format!("SELECT count(*) FROM (SELECT * FROM topics.big WHERE {sql} LIMIT 40000)");
+        assert_eq!(scalar_i64(&f, &q).await, n.min(40_000), "{q}");
+    }
     let sql = format!(
         "SELECT count(*) FROM topics.big WHERE timestamp < to_timestamp_millis({})",
         t0 + 10_000

@@ -19,7 +19,9 @@ use std::fmt;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use datafusion::arrow::array::RecordBatch;
+use datafusion::arrow::array::{AsArray, BooleanArray, RecordBatch};
+use datafusion::arrow::compute::filter_record_batch;
+use datafusion::arrow::datatypes::TimestampMillisecondType;
 use datafusion::arrow::datatypes::{Fields, Schema, SchemaRef};
 use datafusion::catalog::{Session, TableProvider};
 use datafusion::common::config::ConfigOptions;
@@ -58,6 +60,8 @@ pub const ARCHIVE_STORE_URL: &str = "sediment-archive://archive/";
 
 /// Columns of `topics.<name>`, as indexes into the archive file schema.
 const TABLE_COLUMNS: [usize; 6] = [0, 1, 2, 4, 5, 6];
+/// The archive file schema's `timestamp` column.
+const TIMESTAMP_COLUMN: usize = 2;
 /// Raw columns a filter may prune with (names shared by table and files).
 pub(crate) const PRUNING_COLUMNS: [&str; 4] = ["partition", "offset", "timestamp", "key"];
 
@@ -164,7 +168,16 @@ impl TableProvider for TopicTable {
         &self,
         filters: &[&Expr],
     ) -> Result<Vec<TableProviderFilterPushDown>> {
-        Ok(pushdown(filters, &PRUNING_COLUMNS))
+        // Bounds on partition, offset and time are applied exactly by the
+        // scan (see `RowFilter::Bounds`); other filters on the pruning
+        // columns prune and are applied by DataFusion.
+        let mut out = pushdown(filters, &PRUNING_COLUMNS);
+        for (f, p) in filters.iter().zip(out.iter_mut()) {
+            if Bounds::is_exact(f) {
+                *p = TableProviderFilterPushDown::Exact;
+            }
+        }
+        Ok(out)
     }
 
     async fn scan(
@@ -176,10 +189,17 @@ impl TableProvider for TopicTable {
     ) -> Result<Arc<dyn ExecutionPlan>> {
         let all: Vec<usize> = (0..TABLE_COLUMNS.len()).collect();
         let projection = projection.unwrap_or(&all);
-        // DataFusion pushes the query's filters into the Parquet scan
-        // itself (they sit right above it): no predicate of our own.
+        // DataFusion pushes the other filters into the Parquet scan itself
+        // (they sit right above it): no predicate of our own for them.
         let split = self
-            .plan_scan(state, projection, &unqualified(filters), false, limit, None)
+            .plan_scan(
+                state,
+                projection,
+                &unqualified(filters),
+                RowFilter::Bounds,
+                limit,
+                None,
+            )
             .await?;
         Ok(match split.raw {
             Some(plan) => plan,
@@ -215,6 +235,20 @@ fn sorted_columns(cols: impl Iterator<Item = ValueColumn>) -> Vec<ValueColumn> {
     v
 }
 
+/// Which of a scan's filters it applies to rows itself (every filter
+/// prunes files, row groups and hot ranges by its bounds).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(crate) enum RowFilter {
+    /// Every filter, in the Parquet scan; DataFusion filters the rows
+    /// again above (the filters were pushed down inexactly).
+    All,
+    /// Exactly the filters that are bounds ([`Bounds::is_exact`]), which
+    /// DataFusion left to the scan: row groups wholly inside the bounds
+    /// are read without testing a row, straddling ones through a row
+    /// filter, hot rows by offset range and timestamp.
+    Bounds,
+}
+
 /// A scan split by how its rows are read.
 pub(crate) struct SplitScan {
     /// Raw columns (table `projection`) from archive files without the
@@ -227,33 +261,47 @@ pub(crate) struct SplitScan {
 
 impl TopicTable {
     /// Plans a scan of table columns `projection` with unqualified
-    /// `filters` (which prune files, row groups and hot ranges, and with
-    /// `predicate` also filter rows inside the Parquet scan). With `typed`,
-    /// archive files carrying exactly those value columns are scanned
-    /// separately, through them.
+    /// `filters`, which prune files, row groups and hot ranges and filter
+    /// rows as `row_filter` says. With `typed`, archive files carrying
+    /// exactly those value columns are scanned separately, through them.
     pub(crate) async fn plan_scan(
         &self,
         state: &dyn Session,
         projection: &[usize],
         filters: &[Expr],
-        predicate: bool,
+        row_filter: RowFilter,
         limit: Option<usize>,
         typed: Option<&TypedColumns>,
     ) -> Result<SplitScan> {
         let wanted = typed.map(TypedColumns::sorted);
         let plan = ScanPlan::new(&self.log, &self.archive, &self.topic, filters, wanted)?;
-        let files = self.row_groups(plan.files, &plan.bounds).await?;
-        let typed_files = self.row_groups(plan.typed_files, &plan.bounds).await?;
+        let exact = row_filter == RowFilter::Bounds;
+        let files = self.row_groups(plan.files, &plan.bounds, exact).await?;
+        let typed_files = self
+            .row_groups(plan.typed_files, &plan.bounds, exact)
+            .await?;
         let file_projection: Vec<usize> = projection.iter().map(|&i| TABLE_COLUMNS[i]).collect();
         let projected = Arc::new(self.schema.project(projection)?);
+        let (all_rows, edge_rows): (Vec<Expr>, Vec<Expr>) = match row_filter {
+            RowFilter::All => (filters.to_vec(), Vec::new()),
+            RowFilter::Bounds => (
+                Vec::new(),
+                filters
+                    .iter()
+                    .filter(|f| Bounds::is_exact(f))
+                    .cloned()
+                    .collect(),
+            ),
+        };
         let mut inputs: Vec<Arc<dyn ExecutionPlan>> = Vec::new();
-        if !files.files.is_empty() {
+        if !files.is_empty() {
             inputs.push(parquet_scan(
                 state,
                 convert::schema(),
                 files,
                 file_projection.clone(),
-                if predicate { filters } else { &[] },
+                &all_rows,
+                &edge_rows,
                 limit,
             )?);
         }
@@ -273,7 +321,7 @@ impl TopicTable {
             _ => Some(UnionExec::try_new(inputs)?),
         };
         let typed = match typed {
-            Some(t) if !typed_files.files.is_empty() => {
+            Some(t) if !typed_files.is_empty() => {
                 // partition, offset, timestamp, key, then the typed ones.
                 let mut cols = vec![0, 1, 2, 4];
                 cols.extend((0..t.fields.len()).map(|i| convert::RAW_COLUMNS + i));
@@ -283,6 +331,7 @@ impl TopicTable {
                     typed_files,
                     cols,
                     &t.filters,
+                    &edge_rows,
                     limit,
                 )?)
             }
@@ -292,8 +341,15 @@ impl TopicTable {
     }
 
     /// Reads the footers of `files` (cached, a few at a time) and keeps the
-    /// row groups whose offset and time statistics can match `bounds`.
-    async fn row_groups(&self, files: Vec<(Path, u64)>, bounds: &Bounds) -> Result<ArchiveFiles> {
+    /// row groups whose offset and time statistics can match `bounds`;
+    /// with `exact`, those that straddle a bound are set apart, to be
+    /// filtered row by row.
+    async fn row_groups(
+        &self,
+        files: Vec<(Path, u64)>,
+        bounds: &Bounds,
+        exact: bool,
+    ) -> Result<ArchiveFiles> {
         let archive = &self.archive;
         let footers: Vec<_> = futures::stream::iter(files)
             .map(|(path, size)| async move {
@@ -305,18 +361,36 @@ impl TopicTable {
             .await?;
         let mut out = ArchiveFiles::default();
         for (path, size, meta) in footers {
-            let total = meta.metadata().num_row_groups();
-            let (access, kept) = row_groups_within(meta.metadata(), bounds);
+            let fits = row_group_fits(meta.metadata(), bounds);
+            let total = fits.len();
             out.total_row_groups += total;
-            out.row_groups += kept;
-            if kept == 0 {
-                continue;
+            let (mut inside, mut edge) = (Vec::new(), Vec::new());
+            for (i, fit) in fits.into_iter().enumerate() {
+                match fit {
+                    Fit::Outside => {}
+                    Fit::Edge if exact => edge.push(i),
+                    Fit::Inside | Fit::Edge => inside.push(i),
+                }
             }
-            let mut file = PartitionedFile::new(path.to_string(), size);
-            if let Some(access) = access {
-                file = file.with_extension(access);
+            out.row_groups += inside.len() + edge.len();
+            out.filtered_row_groups += edge.len();
+            if !inside.is_empty() || !edge.is_empty() {
+                out.files += 1;
             }
-            out.files.push(file);
+            for (groups, list) in [(inside, &mut out.whole), (edge, &mut out.edge)] {
+                if groups.is_empty() {
+                    continue;
+                }
+                let mut file = PartitionedFile::new(path.to_string(), size);
+                if groups.len() < total {
+                    let mut access = ParquetAccessPlan::new_none(total);
+                    for i in groups {
+                        access.scan(i);
+                    }
+                    file = file.with_extension(access);
+                }
+                list.push(file);
+            }
         }
         Ok(out)
     }
@@ -325,87 +399,125 @@ impl TopicTable {
 /// Footers read at once while planning (each is one ranged read).
 const FOOTER_READS: usize = 16;
 
-/// Archive files a scan reads, with the row groups planning kept.
+/// Archive files a scan reads, with the row groups planning kept: those
+/// read whole and those that straddle an exact bound (filtered by row).
 #[derive(Default)]
 struct ArchiveFiles {
-    files: Vec<PartitionedFile>,
+    whole: Vec<PartitionedFile>,
+    edge: Vec<PartitionedFile>,
+    files: usize,
     row_groups: usize,
+    filtered_row_groups: usize,
     total_row_groups: usize,
 }
 
-/// Row groups of an archive file that can hold rows within `bounds`, by
-/// their offset and timestamp statistics (a row group without them is
-/// kept), as the access plan DataFusion's Parquet scan follows; None when
-/// every row group is kept.
-fn row_groups_within(
-    meta: &ParquetMetaData,
-    bounds: &Bounds,
-) -> (Option<ParquetAccessPlan>, usize) {
+impl ArchiveFiles {
+    fn is_empty(&self) -> bool {
+        self.files == 0
+    }
+}
+
+/// How a row group's rows lie against a scan's bounds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Fit {
+    Outside,
+    Inside,
+    Edge,
+}
+
+/// How each row group of an archive file lies against `bounds`, by its
+/// offset and timestamp statistics (a row group without them straddles).
+fn row_group_fits(meta: &ParquetMetaData, bounds: &Bounds) -> Vec<Fit> {
     let columns = meta.file_metadata().schema_descr().columns();
     let index = |name: &str| columns.iter().position(|c| c.name() == name);
     let (offset, timestamp) = (index("offset"), index("timestamp"));
-    let total = meta.num_row_groups();
-    let mut plan = ParquetAccessPlan::new_all(total);
-    let mut kept = 0;
-    for (i, rg) in meta.row_groups().iter().enumerate() {
-        let range = |col: Option<usize>| match col.and_then(|c| rg.column(c).statistics()) {
-            Some(Statistics::Int64(s)) => s.min_opt().copied().zip(s.max_opt().copied()),
-            _ => None,
-        };
-        let (lo, hi) = range(offset).unwrap_or((i64::MIN, i64::MAX - 1));
-        let (ts_lo, ts_hi) = range(timestamp).unwrap_or((i64::MIN, i64::MAX));
-        if bounds.overlaps(lo, hi.saturating_add(1), ts_lo, ts_hi) {
-            kept += 1;
-        } else {
-            plan.skip(i);
-        }
-    }
-    ((kept < total).then_some(plan), kept)
+    meta.row_groups()
+        .iter()
+        .map(|rg| {
+            let range = |col: Option<usize>| match col.and_then(|c| rg.column(c).statistics()) {
+                Some(Statistics::Int64(s)) => s.min_opt().copied().zip(s.max_opt().copied()),
+                _ => None,
+            };
+            let (o, t) = (range(offset), range(timestamp));
+            let (lo, hi) = o.unwrap_or((i64::MIN, i64::MAX - 1));
+            let (ts_lo, ts_hi) = t.unwrap_or((i64::MIN, i64::MAX));
+            if !bounds.overlaps(lo, hi.saturating_add(1), ts_lo, ts_hi) {
+                Fit::Outside
+            } else if o.is_some()
+                && t.is_some()
+                && bounds.contains(lo, hi.saturating_add(1), ts_lo, ts_hi)
+            {
+                Fit::Inside
+            } else {
+                Fit::Edge
+            }
+        })
+        .collect()
 }
 
 /// DataFusion's Parquet scan of archive `files` with `file_schema`:
-/// `filters` prune row groups and pages and are applied while decoding.
+/// `filters` prune row groups and pages and are applied while decoding;
+/// `edge_filters` too, but only to the row groups that straddle them.
 fn parquet_scan(
     state: &dyn Session,
     file_schema: SchemaRef,
     files: ArchiveFiles,
     projection: Vec<usize>,
     filters: &[Expr],
+    edge_filters: &[Expr],
     limit: Option<usize>,
 ) -> Result<Arc<dyn ExecutionPlan>> {
     let typed = file_schema.fields().len() > convert::RAW_COLUMNS;
-    let file_count = files.files.len();
-    let mut source = ParquetSource::new(file_schema.clone())
-        .with_pushdown_filters(true)
-        .with_reorder_filters(true)
-        .with_enable_page_index(true);
-    if let Some(pred) = conjunction(filters.to_vec()) {
-        let df_schema = DFSchema::try_from(file_schema.as_ref().clone())?;
-        let pred: Arc<dyn PhysicalExpr> = state.create_physical_expr(pred, &df_schema)?;
-        source = source.with_predicate(pred);
-    }
-    let config =
-        FileScanConfigBuilder::new(ObjectStoreUrl::parse(ARCHIVE_STORE_URL)?, Arc::new(source))
-            .with_file_group(FileGroup::new(files.files))
-            .with_projection_indices(Some(projection))?
+    let store = ObjectStoreUrl::parse(ARCHIVE_STORE_URL)?;
+    let df_schema = DFSchema::try_from(file_schema.as_ref().clone())?;
+    let scan = |group: Vec<PartitionedFile>, filters: Vec<Expr>| -> Result<_> {
+        let mut source = ParquetSource::new(file_schema.clone())
+            .with_pushdown_filters(true)
+            .with_reorder_filters(true)
+            .with_enable_page_index(true);
+        if let Some(pred) = conjunction(filters) {
+            let pred: Arc<dyn PhysicalExpr> = state.create_physical_expr(pred, &df_schema)?;
+            source = source.with_predicate(pred);
+        }
+        let config = FileScanConfigBuilder::new(store.clone(), Arc::new(source))
+            .with_file_group(FileGroup::new(group))
+            .with_projection_indices(Some(projection.clone()))?
             .with_limit(limit)
             .build();
+        Ok(DataSourceExec::from_data_source(config) as Arc<dyn ExecutionPlan>)
+    };
+    let mut scans = Vec::new();
+    if !files.whole.is_empty() {
+        scans.push(scan(files.whole, filters.to_vec())?);
+    }
+    if !files.edge.is_empty() {
+        let mut all = filters.to_vec();
+        all.extend_from_slice(edge_filters);
+        scans.push(scan(files.edge, all)?);
+    }
+    let input = match scans.len() {
+        1 => scans.remove(0),
+        _ => UnionExec::try_new(scans)?,
+    };
     Ok(Arc::new(ArchiveScanExec {
-        input: DataSourceExec::from_data_source(config),
-        files: file_count,
+        input,
+        files: files.files,
         row_groups: files.row_groups,
+        filtered_row_groups: files.filtered_row_groups,
         total_row_groups: files.total_row_groups,
         typed,
     }))
 }
 
 /// One Parquet scan of archive files, with what planning kept of them:
-/// EXPLAIN shows the files and row groups it will read before running.
+/// EXPLAIN shows the files and row groups it will read before running,
+/// and how many of those straddle an exact bound (filtered by row).
 #[derive(Debug)]
 pub struct ArchiveScanExec {
     input: Arc<dyn ExecutionPlan>,
     files: usize,
     row_groups: usize,
+    filtered_row_groups: usize,
     total_row_groups: usize,
     typed: bool,
 }
@@ -417,6 +529,9 @@ impl DisplayAs for ArchiveScanExec {
             "ArchiveScanExec: files={} row_groups={} of {}",
             self.files, self.row_groups, self.total_row_groups
         )?;
+        if self.filtered_row_groups > 0 {
+            write!(f, " filtered_row_groups={}", self.filtered_row_groups)?;
+        }
         if self.typed {
             write!(f, " columns=typed")?;
         }
@@ -471,6 +586,7 @@ impl ExecutionPlan for ArchiveScanExec {
             input,
             files: self.files,
             row_groups: self.row_groups,
+            filtered_row_groups: self.filtered_row_groups,
             total_row_groups: self.total_row_groups,
             typed: self.typed,
         }))
@@ -560,6 +676,7 @@ impl ScanPlan {
                     from,
                     to,
                     ts_lo: bounds.ts_lo,
+                    ts_hi: bounds.ts_hi,
                 });
             }
         }
@@ -574,8 +691,10 @@ pub(crate) struct HotRange {
     index: i32,
     from: i64,
     to: i64,
-    /// Rows before the first record at or after this time can be skipped.
+    /// Only rows with timestamps in `[ts_lo, ts_hi]` are read (and rows
+    /// before the first record at or after `ts_lo` are skipped).
     ts_lo: i64,
+    ts_hi: i64,
 }
 
 impl fmt::Debug for HotRange {
@@ -727,6 +846,19 @@ pub(crate) fn only_child(
     }
 }
 
+/// The rows of an archive-schema `batch` with timestamps in `[lo, hi]`.
+fn within_time(batch: &RecordBatch, lo: i64, hi: i64) -> Result<RecordBatch> {
+    let ts = batch
+        .column(TIMESTAMP_COLUMN)
+        .as_primitive_opt::<TimestampMillisecondType>()
+        .ok_or_else(|| DataFusionError::Internal("timestamp column is not ms".into()))?;
+    let keep: BooleanArray = ts
+        .iter()
+        .map(|t| Some(t.is_some_and(|t| t >= lo && t <= hi)))
+        .collect();
+    Ok(filter_record_batch(batch, &keep)?)
+}
+
 fn external(e: impl std::error::Error + Send + Sync + 'static) -> DataFusionError {
     DataFusionError::External(Box::new(e))
 }
@@ -787,10 +919,15 @@ impl HotReader {
             if cols.rows() == 0 {
                 continue;
             }
-            let rows = cols.rows();
-            let full = cols.finish(self.range.index).map_err(external)?;
+            let mut full = cols.finish(self.range.index).map_err(external)?;
+            if self.range.ts_lo > i64::MIN || self.range.ts_hi < i64::MAX {
+                full = within_time(&full, self.range.ts_lo, self.range.ts_hi)?;
+                if full.num_rows() == 0 {
+                    continue;
+                }
+            }
             let mut out = full.project(&self.projection)?;
-            if rows > self.left {
+            if out.num_rows() > self.left {
                 out = out.slice(0, self.left);
             }
             self.left -= out.num_rows();
