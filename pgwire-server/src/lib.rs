@@ -37,6 +37,8 @@ use sediment_sql::{Engine, Prepared, SqlError};
 use tokio::net::TcpListener;
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
+mod push;
+
 type Statement = <DfSessionService as ExtendedQueryHandler>::Statement;
 
 /// Serves connections from `listener` until `shutdown` fires.
@@ -330,11 +332,38 @@ impl SimpleQueryHandler for Service {
             return Ok(vec![Response::EmptyQuery]);
         }
         let mut out = Vec::with_capacity(statements.len());
+        let alone = statements.len() == 1;
         for s in statements {
             match self.engine.prepare(&s).await.map_err(user_error)? {
                 Prepared::Custom(c) => {
                     let tag = self.engine.run(c).await.map_err(user_error)?;
                     out.push(Response::Execution(Tag::new(&tag)));
+                }
+                Prepared::Set(set) => {
+                    let tag = push::set_property(client, &set.name, set.value.as_deref())?;
+                    out.push(Response::Execution(tag));
+                }
+                Prepared::Push(q) => {
+                    // Its rows go out before pgwire sends the responses
+                    // gathered here: it must be the only statement.
+                    if !alone {
+                        return Err(user_error(
+                            SqlError::unsupported("a push query or COPY among other statements")
+                                .with_hint("send it as a query string of its own"),
+                        ));
+                    }
+                    let registered = self.running.register(client);
+                    let props = push::properties(client);
+                    let stream = self.engine.push(&q, &props).await.map_err(user_error)?;
+                    let output = match q.copy {
+                        Some(c) => push::Output::Copy(c),
+                        None => push::Output::Rows {
+                            format: &Format::UnifiedText,
+                            describe: true,
+                        },
+                    };
+                    let tag = push::send(client, stream, output, &registered).await?;
+                    out.push(Response::Execution(tag));
                 }
                 Prepared::Sql(sql) => {
                     let registered = self.running.register(client);
@@ -376,11 +405,40 @@ impl ExtendedQueryHandler for Service {
         PgWireError: From<<C as futures::Sink<PgWireBackendMessage>>::Error>,
     {
         let (sql, planned) = &portal.statement.statement;
-        if planned.is_none() && sediment_sql::statements::is_custom(sql) {
+        // Statements kept as text, and push queries (planned only for
+        // their result's description), are run here.
+        let ours = planned.is_none() && sediment_sql::statements::is_custom(sql);
+        if ours || sediment_sql::push::parse(sql).is_ok_and(|q| q.is_some()) {
             return match self.engine.prepare(sql).await.map_err(user_error)? {
                 Prepared::Custom(c) => {
                     let tag = self.engine.run(c).await.map_err(user_error)?;
                     Ok(Response::Execution(Tag::new(&tag)))
+                }
+                Prepared::Set(set) => Ok(Response::Execution(push::set_property(
+                    client,
+                    &set.name,
+                    set.value.as_deref(),
+                )?)),
+                Prepared::Push(q) => {
+                    if !portal.parameters.is_empty() {
+                        return Err(user_error(
+                            SqlError::unsupported("a parameter in a push query or COPY")
+                                .with_hint("write the values into the query"),
+                        ));
+                    }
+                    let registered = self.running.register(client);
+                    let props = push::properties(client);
+                    let stream = self.engine.push(&q, &props).await.map_err(user_error)?;
+                    let output = match q.copy {
+                        Some(c) => push::Output::Copy(c),
+                        None => push::Output::Rows {
+                            format: &portal.result_column_format,
+                            describe: false,
+                        },
+                    };
+                    Ok(Response::Execution(
+                        push::send(client, stream, output, &registered).await?,
+                    ))
                 }
                 Prepared::Sql(_) => Ok(Response::EmptyQuery),
             };
@@ -423,8 +481,15 @@ impl QueryParser for Parser {
             )));
         }
         match self.engine.prepare(first).await.map_err(user_error)? {
-            Prepared::Custom(_) => Ok(Some((first.clone(), None))),
+            Prepared::Custom(_) | Prepared::Set(_) => Ok(Some((first.clone(), None))),
             Prepared::Sql(rewritten) => self.inner.parse_sql(client, &rewritten, types).await,
+            // Planned as a plain query, for the description of its rows;
+            // run as a push query (the text keeps EMIT CHANGES).
+            Prepared::Push(q) if q.copy.is_none() => {
+                let planned = self.inner.parse_sql(client, &q.sql, types).await?;
+                Ok(planned.map(|(_, plan)| (first.clone(), plan)))
+            }
+            Prepared::Push(_) => Ok(Some((first.clone(), None))),
         }
     }
 

@@ -26,18 +26,22 @@ use datafusion::prelude::{SessionConfig, SessionContext};
 use sediment_log::LogManager;
 use sediment_tiering::Archive;
 
+pub mod continuous;
 pub mod functions;
 pub mod insert;
+pub mod push;
 pub mod ranges;
 pub mod statements;
 pub mod stream;
 pub mod system;
 pub mod topic_table;
+pub mod window;
 
+pub use push::{CopyOptions, Properties, PushQuery};
 pub use statements::{split_statements, Custom, Prepared};
 pub use stream::{DecodeErrors, StreamDef, StreamRegistry};
 pub use system::{GroupInfo, GroupSource};
-pub use topic_table::TopicTable;
+pub use topic_table::{OffsetReset, TopicTable};
 
 /// The catalog every Sediment table lives in (psql's `dbname=sediment`).
 pub const CATALOG: &str = "sediment";
@@ -49,6 +53,7 @@ pub struct Engine {
     streams: Arc<StreamRegistry>,
     decode_errors: Arc<DecodeErrors>,
     groups: OnceLock<Arc<dyn GroupSource>>,
+    queries: Arc<push::Queries>,
 }
 
 impl fmt::Debug for Engine {
@@ -95,6 +100,9 @@ impl Engine {
             .build();
         let ctx = SessionContext::new_with_state(state);
         ctx.register_udf(functions::OctetLength::udf());
+        for udf in window::udfs() {
+            ctx.register_udf(udf);
+        }
         let url = url::Url::parse(topic_table::ARCHIVE_STORE_URL)
             .map_err(|e| SqlError::internal(e.to_string()))?;
         ctx.register_object_store(&url, archive.store().clone());
@@ -113,6 +121,7 @@ impl Engine {
                 Arc::new(TopicsSchema {
                     log: log.clone(),
                     archive: archive.clone(),
+                    tail: None,
                 }),
             );
             let _ = catalog.register_schema(
@@ -123,6 +132,7 @@ impl Engine {
                     streams: streams.clone(),
                     errors: decode_errors.clone(),
                     other: MemorySchemaProvider::new(),
+                    tail: None,
                 }),
             );
             let _ = catalog.register_schema(
@@ -139,6 +149,7 @@ impl Engine {
                 streams,
                 decode_errors,
                 groups: OnceLock::new(),
+                queries: Arc::default(),
             }
         });
         Ok(engine)
@@ -171,6 +182,16 @@ impl Engine {
     /// statement's outcome: for tests and tools; the Postgres front door
     /// streams results instead.
     pub async fn execute(&self, sql: &str) -> Result<Outcome, SqlError> {
+        self.execute_with(sql, &mut Properties::default()).await
+    }
+
+    /// [`Engine::execute`] with a connection's push query properties, which
+    /// `SET` statements change. A push query runs until its `LIMIT`.
+    pub async fn execute_with(
+        &self,
+        sql: &str,
+        props: &mut Properties,
+    ) -> Result<Outcome, SqlError> {
         let mut last = Outcome::Command("EMPTY".into());
         for statement in split_statements(sql)? {
             last = match self.prepare(&statement).await? {
@@ -179,6 +200,15 @@ impl Engine {
                     let df = self.ctx.sql(&sql).await?;
                     let schema = Arc::new(df.schema().as_arrow().clone());
                     Outcome::Rows(schema, df.collect().await?)
+                }
+                Prepared::Push(q) => {
+                    let p = self.push(&q, props).await?;
+                    let batches = datafusion::physical_plan::common::collect(p.stream).await?;
+                    Outcome::Rows(p.schema, batches)
+                }
+                Prepared::Set(set) => {
+                    props.set(&set.name, set.value.as_deref())?;
+                    Outcome::Command(if set.value.is_some() { "SET" } else { "UNSET" }.into())
                 }
             };
         }
@@ -191,6 +221,8 @@ impl Engine {
 struct TopicsSchema {
     log: Arc<LogManager>,
     archive: Arc<Archive>,
+    /// Tables that follow the log, for push queries.
+    tail: Option<OffsetReset>,
 }
 
 #[async_trait]
@@ -208,11 +240,9 @@ impl SchemaProvider for TopicsSchema {
 
     async fn table(&self, name: &str) -> Result<Option<Arc<dyn TableProvider>>> {
         Ok(self.log.topic(name).map(|_| {
-            Arc::new(TopicTable::new(
-                name,
-                self.log.clone(),
-                self.archive.clone(),
-            )) as Arc<dyn TableProvider>
+            Arc::new(
+                TopicTable::new(name, self.log.clone(), self.archive.clone()).tailing(self.tail),
+            ) as Arc<dyn TableProvider>
         }))
     }
 
@@ -230,6 +260,8 @@ struct StreamsSchema {
     streams: Arc<StreamRegistry>,
     errors: Arc<DecodeErrors>,
     other: MemorySchemaProvider,
+    /// Streams that follow the log, for push queries.
+    tail: Option<OffsetReset>,
 }
 
 #[async_trait]
@@ -243,7 +275,8 @@ impl SchemaProvider for StreamsSchema {
 
     async fn table(&self, name: &str) -> Result<Option<Arc<dyn TableProvider>>> {
         if let Some((def, value_schema)) = self.streams.get(name) {
-            let topic = TopicTable::new(&def.topic, self.log.clone(), self.archive.clone());
+            let topic = TopicTable::new(&def.topic, self.log.clone(), self.archive.clone())
+                .tailing(self.tail);
             return Ok(Some(Arc::new(stream::StreamTable::new(
                 def,
                 value_schema,

@@ -19,6 +19,7 @@ use datafusion::sql::sqlparser::keywords::Keyword;
 use datafusion::sql::sqlparser::parser::Parser;
 use datafusion::sql::sqlparser::tokenizer::{Token, Tokenizer};
 
+use crate::push::{self, PushQuery, SetProperty};
 use crate::stream::{ColumnDef, StreamDef, PSEUDO_COLUMNS};
 use crate::{Engine, SqlError};
 
@@ -43,6 +44,11 @@ pub enum Prepared {
     /// Hand this SQL to DataFusion.
     Sql(String),
     Custom(Custom),
+    /// A push query or `COPY ... TO STDOUT`: rows are sent as they come
+    /// ([`Engine::push`]).
+    Push(PushQuery),
+    /// A connection's push query property (`SET 'name' = 'value'`).
+    Set(SetProperty),
 }
 
 /// Splits a query string into statements at top-level semicolons (not
@@ -90,11 +96,13 @@ fn leading_words(sql: &str, n: usize) -> Vec<String> {
         .collect()
 }
 
-/// Whether `sql` (one statement) is one Sediment runs itself.
+/// Whether `sql` (one statement) is one Sediment runs itself (push
+/// queries aside: see [`push::parse`]).
 pub fn is_custom(sql: &str) -> bool {
     let w = leading_words(sql, 2);
     let w: Vec<&str> = w.iter().map(String::as_str).collect();
     matches!(w.as_slice(), ["CREATE", "STREAM"] | ["DROP", "STREAM"])
+        || push::parse_set(sql).is_ok_and(|s| s.is_some())
 }
 
 fn quote_literal(s: &str) -> String {
@@ -124,6 +132,12 @@ fn expect_end(p: &mut Parser<'_>) -> Result<(), SqlError> {
 impl Engine {
     /// Decides what one statement is: ours, a rewrite, or DataFusion's.
     pub async fn prepare(&self, sql: &str) -> Result<Prepared, SqlError> {
+        if let Some(set) = push::parse_set(sql)? {
+            return Ok(Prepared::Set(set));
+        }
+        if let Some(q) = push::parse(sql)? {
+            return Ok(Prepared::Push(q));
+        }
         let words = leading_words(sql, 3);
         let w: Vec<&str> = words.iter().map(String::as_str).collect();
         match w.as_slice() {
@@ -139,8 +153,18 @@ impl Engine {
                  FROM sediment.sediment.topics ORDER BY name"
                     .into(),
             )),
+            ["SHOW", "QUERIES"] => Ok(Prepared::Sql(
+                "SELECT query_id, kind, sql, started, rows, late_records \
+                 FROM sediment.sediment.queries ORDER BY started, query_id"
+                    .into(),
+            )),
             ["DESCRIBE", ..] | ["DESC", ..] => self.describe(sql).await.map(Prepared::Sql),
-            _ => Ok(Prepared::Sql(sql.to_string())),
+            // A WINDOW clause over history: the batch form of a windowed
+            // aggregation.
+            _ => match crate::window::rewrite(sql, |name| self.event_time(name))? {
+                Some(w) => Ok(Prepared::Sql(w.sql)),
+                None => Ok(Prepared::Sql(sql.to_string())),
+            },
         }
     }
 
@@ -353,6 +377,26 @@ impl Engine {
             if_not_exists,
             partitions,
         })
+    }
+
+    /// The event-time expression of a source named as after FROM: the
+    /// stream's TIMESTAMP column, else the record timestamp.
+    pub(crate) fn event_time(&self, source: &str) -> String {
+        let unquoted: Vec<String> = source
+            .split('.')
+            .map(|p| p.trim_matches('"').to_string())
+            .collect();
+        match unquoted.as_slice() {
+            [schema, _] if schema == "topics" => "\"timestamp\"".into(),
+            [name] | [_, name] => match self.streams.get(name) {
+                Some((def, _)) => match def.timestamp_column {
+                    Some(c) => format!("\"{}\"", c.replace('"', "\"\"")),
+                    None => "_timestamp".into(),
+                },
+                None => "_timestamp".into(),
+            },
+            _ => "_timestamp".into(),
+        }
     }
 
     pub(crate) fn value_schema(&self, def: &StreamDef) -> datafusion::common::Result<SchemaRef> {

@@ -21,7 +21,7 @@ use datafusion::physical_plan::ExecutionPlan;
 use crate::Engine;
 
 /// Table names in schema `sediment`.
-pub const SYSTEM_TABLES: [&str; 7] = [
+pub const SYSTEM_TABLES: [&str; 8] = [
     "topics",
     "partitions",
     "segments",
@@ -29,6 +29,7 @@ pub const SYSTEM_TABLES: [&str; 7] = [
     "consumer_groups",
     "consumer_lag",
     "decode_errors",
+    "queries",
 ];
 
 /// What the SQL engine needs to know about consumer groups (kept by the
@@ -144,6 +145,14 @@ fn schema_of(name: &str) -> Option<SchemaRef> {
             text("reason"),
             ts("at", false),
         ],
+        "queries" => vec![
+            text("query_id"),
+            text("kind"),
+            text("sql"),
+            ts("started", false),
+            big("rows", false),
+            big("late_records", false),
+        ],
         _ => return None,
     };
     Some(Arc::new(Schema::new(fields)))
@@ -170,6 +179,7 @@ impl SystemTable {
             "streams" => streams(&engine),
             "consumer_groups" => groups(&engine),
             "consumer_lag" => lag(&engine),
+            "queries" => queries(&engine),
             _ => decode_errors(&engine),
         };
         Ok(RecordBatch::try_new(self.schema.clone(), columns)?)
@@ -427,5 +437,25 @@ fn decode_errors(e: &Engine) -> Vec<ArrayRef> {
         i64s(recent.iter().map(|r| r.offset).collect()),
         strings(recent.iter().map(|r| r.reason.as_str())),
         times(recent.iter().map(|r| Some(r.at_ms)).collect()),
+    ]
+}
+
+fn queries(e: &Engine) -> Vec<ArrayRef> {
+    let list = e.queries.list();
+    vec![
+        strings(list.iter().map(|q| q.id.as_str())),
+        strings(list.iter().map(|q| q.kind)),
+        strings(list.iter().map(|q| q.sql.as_str())),
+        times(list.iter().map(|q| Some(q.started_ms)).collect()),
+        i64s(
+            list.iter()
+                .map(|q| q.rows.load(std::sync::atomic::Ordering::Relaxed) as i64)
+                .collect(),
+        ),
+        i64s(
+            list.iter()
+                .map(|q| q.late.0.load(std::sync::atomic::Ordering::Relaxed) as i64)
+                .collect(),
+        ),
     ]
 }

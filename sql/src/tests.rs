@@ -709,3 +709,296 @@ mod slt {
         }
     }
 }
+
+/// Push queries follow the log: from the high watermark by default, from
+/// the beginning of history (archive, then hot, then new records, with no
+/// gap or duplicate at either handover) with `auto.offset.reset` =
+/// `earliest`; filters apply to live rows; LIMIT ends them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn push_queries_follow_the_log_from_latest_or_earliest() {
+    use crate::{OffsetReset, Properties};
+    use futures::StreamExt;
+    let f = spanning_fixture().await;
+    f.engine
+        .execute(
+            "CREATE STREAM trades (user_id VARCHAR, amount DOUBLE) WITH (KAFKA_TOPIC='trades')",
+        )
+        .await
+        .unwrap();
+    let start = |sql: &str, reset: OffsetReset| {
+        let q = crate::push::parse(sql).unwrap().unwrap();
+        let engine = f.engine.clone();
+        async move {
+            engine
+                .push(
+                    &q,
+                    &Properties {
+                        offset_reset: reset,
+                    },
+                )
+                .await
+                .unwrap()
+        }
+    };
+    let collect = |p: crate::push::PushStream| async move {
+        let batches: Vec<RecordBatch> = tokio::time::timeout(
+            std::time::Duration::from_secs(20),
+            p.stream.map(|b| b.unwrap()).collect::<Vec<_>>(),
+        )
+        .await
+        .expect("the push query ended");
+        batches
+    };
+    let column_i64 = |batches: &[RecordBatch], i: usize| -> Vec<i64> {
+        batches
+            .iter()
+            .flat_map(|b| {
+                let c = datafusion::arrow::compute::cast(
+                    b.column(i),
+                    &datafusion::arrow::datatypes::DataType::Int64,
+                )
+                .unwrap();
+                c.as_primitive::<Int64Type>().values().to_vec()
+            })
+            .collect()
+    };
+
+    // Latest: only records produced after the start, filtered.
+    let latest = start(
+        "SELECT _partition, amount FROM trades WHERE amount >= 600 EMIT CHANGES LIMIT 4",
+        OffsetReset::Latest,
+    )
+    .await;
+    let values: Vec<String> = (598..610).map(json).collect();
+    produce(&f, "trades", 0, &values, f.t0 + 1000);
+    let got = collect(latest).await;
+    assert_eq!(column_i64(&got, 1), vec![600, 601, 602, 603]);
+    assert_eq!(column_i64(&got, 0), vec![0; 4]);
+
+    // Earliest: offsets 0..512 of partition 1 (300 archived, 200 hot at
+    // the start, 12 produced after), each once, in order.
+    let earliest = start(
+        "SELECT _offset FROM trades WHERE _partition = 1 EMIT CHANGES LIMIT 512",
+        OffsetReset::Earliest,
+    )
+    .await;
+    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    produce(&f, "trades", 1, &values, f.t0 + 1000);
+    let got = collect(earliest).await;
+    assert_eq!(column_i64(&got, 0), (0..512).collect::<Vec<_>>());
+
+    // A raw topic, with an exact time bound on live rows.
+    let topic = start(
+        &format!(
+            "SELECT \"offset\" FROM topics.trades WHERE partition = 0 \
+             AND timestamp >= to_timestamp_millis({}) EMIT CHANGES LIMIT 2",
+            f.t0 + 5000
+        ),
+        OffsetReset::Latest,
+    )
+    .await;
+    produce(&f, "trades", 0, &values[..2], f.t0 + 4000);
+    produce(&f, "trades", 0, &values[..2], f.t0 + 5000);
+    let got = collect(topic).await;
+    assert_eq!(column_i64(&got, 0), vec![514, 515]);
+
+    // What a push query cannot do is refused with a reason.
+    let q = crate::push::parse("SELECT user_id FROM trades ORDER BY user_id EMIT CHANGES")
+        .unwrap()
+        .unwrap();
+    let e = f
+        .engine
+        .push(&q, &Properties::default())
+        .await
+        .err()
+        .unwrap();
+    assert_eq!(e.code, "0A000", "{e:?}");
+    let q = crate::push::parse("INSERT INTO trades (user_id) VALUES ('x') EMIT CHANGES")
+        .unwrap()
+        .unwrap();
+    let e = f
+        .engine
+        .push(&q, &Properties::default())
+        .await
+        .err()
+        .unwrap();
+    assert_eq!(e.code, "42601", "{e:?}");
+}
+
+/// Every row of `batches` as text, one string per row.
+fn row_strings(batches: &[RecordBatch]) -> Vec<String> {
+    use datafusion::arrow::util::display::array_value_to_string;
+    let mut out = Vec::new();
+    for b in batches {
+        for r in 0..b.num_rows() {
+            let cells: Vec<String> = b
+                .columns()
+                .iter()
+                .map(|c| array_value_to_string(c, r).unwrap())
+                .collect();
+            out.push(cells.join("|"));
+        }
+    }
+    out
+}
+
+/// Random keyed records with out-of-order timestamps in 3 partitions; for
+/// each query form (no window, tumbling, hopping) and every maintained
+/// aggregate, the last change of each group from a push query over the
+/// whole history equals the batch result of the same SQL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn continuous_aggregates_equal_the_batch_result() {
+    use crate::{OffsetReset, Properties};
+    use futures::StreamExt;
+    let f = fixture();
+    f.engine
+        .execute(
+            "CREATE STREAM events (k VARCHAR, x BIGINT, y DOUBLE, name VARCHAR) \
+             WITH (KAFKA_TOPIC='events', PARTITIONS=3)",
+        )
+        .await
+        .unwrap();
+    let per_partition = 400;
+    let mut seed = 42u64;
+    let mut next = move |n: u64| {
+        seed = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (seed >> 33) % n
+    };
+    for p in 0..3 {
+        for chunk in 0..4 {
+            let recs: Vec<(String, String, i64)> = (0..per_partition / 4)
+                .map(|_| {
+                    let k = format!("k{}", next(13));
+                    // A NULL now and then: COUNT(x), SUM, MIN, MAX skip it.
+                    let x = if next(10) == 0 {
+                        "null".to_string()
+                    } else {
+                        next(1000).to_string()
+                    };
+                    let y = next(400) as f64 * 0.5;
+                    let value = format!(r#"{{"k":"{k}","x":{x},"y":{y},"name":"n{}"}}"#, next(50));
+                    // Up to ten minutes of record time, out of order.
+                    (k, value, f.t0 + next(600_000) as i64)
+                })
+                .collect();
+            let part = f.log.partition("events", p).unwrap();
+            let batch: Vec<batch::SimpleRecord<'_>> = recs
+                .iter()
+                .map(|(k, v, ts)| (Some(k.as_bytes()), Some(v.as_bytes()), *ts))
+                .collect();
+            part.append(&batch::encode_simple(&batch), sediment_log::now_ms())
+                .unwrap();
+            part.flush().unwrap();
+            if chunk == 1 {
+                // Half of the history in the archive.
+                part.force_roll(sediment_log::now_ms()).unwrap();
+            }
+        }
+    }
+    assert_eq!(f.tierer.pass().await.failed, 0);
+    let aggregates = "count(*) AS n, count(x) AS nx, sum(x) AS sx, min(x) AS lo, max(x) AS hi, \
+                      avg(y) AS ay, sum(y) AS sy, min(name) AS first_name, max(_timestamp) AS last_ts";
+    let filter = format!("_offset < {per_partition}");
+    for (keys, window) in [
+        ("k", ""),
+        (
+            "k, windowstart, windowend",
+            "WINDOW TUMBLING (SIZE 1 MINUTE, GRACE PERIOD 1 HOUR)",
+        ),
+        (
+            "k, windowstart, windowend",
+            "WINDOW HOPPING (SIZE 2 MINUTES, ADVANCE BY 30 SECONDS, GRACE PERIOD 1 HOUR)",
+        ),
+    ] {
+        let group_by = keys
+            .split(", ")
+            .filter(|k| !k.starts_with("window"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let batch_sql = format!(
+            "SELECT {keys}, {aggregates} FROM events {window} WHERE {filter} GROUP BY {group_by}"
+        );
+        let mut expected = row_strings(&rows(&f, &format!("{batch_sql} ORDER BY {keys}")).await);
+        assert!(expected.len() >= 13, "{batch_sql}: {expected:?}");
+        let q = crate::push::parse(&format!("{batch_sql} EMIT CHANGES"))
+            .unwrap()
+            .unwrap();
+        let push = f
+            .engine
+            .push(
+                &q,
+                &Properties {
+                    offset_reset: OffsetReset::Earliest,
+                },
+            )
+            .await
+            .unwrap_or_else(|e| panic!("{batch_sql}: {e:?}"));
+        let changes: Vec<RecordBatch> = tokio::time::timeout(
+            std::time::Duration::from_secs(30),
+            push.stream.map(|b| b.unwrap()).collect::<Vec<_>>(),
+        )
+        .await
+        .expect("the bounded push query ended");
+        // The last change of each group is its value.
+        let key_columns = keys.split(", ").count();
+        let mut last = std::collections::BTreeMap::new();
+        for row in row_strings(&changes) {
+            let key: Vec<&str> = row.split('|').take(key_columns).collect();
+            last.insert(key.join("|"), row.clone());
+        }
+        let mut got: Vec<String> = last.into_values().collect();
+        got.sort();
+        expected.sort();
+        assert_eq!(got, expected, "{batch_sql}");
+    }
+}
+
+/// A record later than its window's grace period is dropped and counted;
+/// EMIT FINAL emits each window once, when stream time passes its end
+/// plus grace.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn late_records_are_dropped_and_final_windows_emit_once() {
+    use crate::Properties;
+    use futures::StreamExt;
+    let f = fixture();
+    f.engine
+        .execute("CREATE STREAM clicks (k VARCHAR) WITH (KAFKA_TOPIC='clicks', PARTITIONS=1)")
+        .await
+        .unwrap();
+    let q = crate::push::parse(
+        "SELECT k, windowstart, count(*) AS n FROM clicks \
+         WINDOW TUMBLING (SIZE 10 SECONDS, GRACE PERIOD 2 SECONDS) GROUP BY k EMIT FINAL",
+    )
+    .unwrap()
+    .unwrap();
+    let push = f.engine.push(&q, &Properties::default()).await.unwrap();
+    let t0 = f.t0;
+    let send = |ts: i64| {
+        let v = r#"{"k":"a"}"#.to_string();
+        produce(&f, "clicks", 0, &[v], ts);
+    };
+    send(t0 + 1_000); // window [0, 10s)
+    send(t0 + 9_000);
+    send(t0 + 11_000); // window [10s, 20s); [0, 10s) is still in grace
+    send(t0 + 5_000); // in grace: counted in [0, 10s)
+    send(t0 + 12_500); // stream time passes 10s + 2s: [0, 10s) closes
+    send(t0 + 3_000); // late: dropped
+    send(t0 + 25_000); // [10s, 20s) closes
+    let mut stream = push.stream;
+    let mut counts: Vec<i64> = Vec::new();
+    while counts.len() < 2 {
+        let b = tokio::time::timeout(std::time::Duration::from_secs(20), stream.next())
+            .await
+            .expect("two final windows")
+            .unwrap()
+            .unwrap();
+        counts.extend(b.column(2).as_primitive::<Int64Type>().values().iter());
+    }
+    assert_eq!(counts, vec![3, 2]);
+    // The query still runs (no LIMIT): it shows the record it dropped.
+    let queries = rows(&f, "SELECT late_records FROM sediment.queries").await;
+    let late = queries[0].column(0).as_primitive::<Int64Type>().value(0);
+    assert_eq!(late, 1);
+}

@@ -89,6 +89,18 @@ pub struct TopicTable {
     log: Arc<LogManager>,
     archive: Arc<Archive>,
     schema: SchemaRef,
+    /// Set for push queries: the scan never ends, it follows the log.
+    tail: Option<OffsetReset>,
+}
+
+/// Where a push query starts reading (ksqlDB's `auto.offset.reset`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum OffsetReset {
+    /// At each partition's high watermark when the query is planned.
+    #[default]
+    Latest,
+    /// At the beginning of history (the archive included).
+    Earliest,
 }
 
 impl TopicTable {
@@ -98,7 +110,15 @@ impl TopicTable {
             log,
             archive,
             schema: table_schema(),
+            tail: None,
         }
+    }
+
+    /// This table as an unbounded scan: from `start`, then every record as
+    /// it is committed, until the query ends.
+    pub fn tailing(mut self, start: Option<OffsetReset>) -> Self {
+        self.tail = start;
+        self
     }
 
     pub fn topic(&self) -> &str {
@@ -273,8 +293,22 @@ impl TopicTable {
         limit: Option<usize>,
         typed: Option<&TypedColumns>,
     ) -> Result<SplitScan> {
+        // A tail's history is read raw: its rows come out of one scan.
+        let typed = if self.tail.is_some() { None } else { typed };
         let wanted = typed.map(TypedColumns::sorted);
-        let plan = ScanPlan::new(&self.log, &self.archive, &self.topic, filters, wanted)?;
+        let mut plan = ScanPlan::new(&self.log, &self.archive, &self.topic, filters, wanted)?;
+        let tail = match self.tail {
+            Some(start) => {
+                let ends = std::mem::take(&mut plan.ends);
+                if start == OffsetReset::Latest {
+                    // No history: nothing of the snapshot is read.
+                    plan.files.clear();
+                    plan.hot.clear();
+                }
+                Some(ends)
+            }
+            None => None,
+        };
         let exact = row_filter == RowFilter::Bounds;
         let files = self.row_groups(plan.files, &plan.bounds, exact).await?;
         let typed_files = self
@@ -315,11 +349,32 @@ impl TopicTable {
                 limit,
             )));
         }
-        let raw = match inputs.len() {
+        let mut raw = match inputs.len() {
             0 => None,
             1 => inputs.pop(),
             _ => Some(UnionExec::try_new(inputs)?),
         };
+        if let Some(ends) = tail {
+            let ranges = ends
+                .into_iter()
+                .map(|(partition, index, end)| HotRange {
+                    partition,
+                    index,
+                    from: end.max(plan.bounds.offset_lo),
+                    to: plan.bounds.offset_hi,
+                    ts_lo: plan.bounds.ts_lo,
+                    ts_hi: plan.bounds.ts_hi,
+                })
+                .collect();
+            raw = Some(Arc::new(TailExec::new(
+                self.topic.clone(),
+                raw,
+                ranges,
+                self.archive.clone(),
+                self.schema.project(projection)?.into(),
+                projection.iter().map(|&i| TABLE_COLUMNS[i]).collect(),
+            )));
+        }
         let typed = match typed {
             Some(t) if !typed_files.is_empty() => {
                 // partition, offset, timestamp, key, then the typed ones.
@@ -609,6 +664,9 @@ pub(crate) struct ScanPlan {
     pub typed_files: Vec<(Path, u64)>,
     pub hot: Vec<HotRange>,
     pub bounds: Bounds,
+    /// Each partition the bounds keep, with the high watermark this plan
+    /// reads up to (where a tail of the scan starts).
+    pub ends: Vec<(Arc<Partition>, i32, i64)>,
 }
 
 impl ScanPlan {
@@ -628,6 +686,7 @@ impl ScanPlan {
             typed_files: Vec::new(),
             hot: Vec::new(),
             bounds: bounds.clone(),
+            ends: Vec::new(),
         };
         if bounds.is_empty() {
             return Ok(plan);
@@ -644,6 +703,7 @@ impl ScanPlan {
                 None
             };
             let hw = p.high_watermark();
+            plan.ends.push((p.clone(), index, hw));
             let mut archive_end = 0;
             if let Some(m) = &manifest {
                 archive_end = m.end_offset;
@@ -813,6 +873,7 @@ impl ExecutionPlan for HotScanExec {
             range,
             left: self.limit.unwrap_or(usize::MAX),
             started: false,
+            follows: false,
         };
         let stream = futures::stream::try_unfold(reader, |mut r| async move {
             let batch = r.next_batch().await?;
@@ -833,6 +894,178 @@ struct HotReader {
     pos: i64,
     left: usize,
     started: bool,
+    /// Part of a tail: records still to come may match the time bounds.
+    follows: bool,
+}
+
+/// An unbounded scan, for push queries: the history (a bounded scan up to
+/// each partition's high watermark in the snapshot, when the query starts
+/// at the earliest offset), then each partition's records as they are
+/// committed, from exactly where the history ended. One output partition,
+/// so each Kafka partition's rows come out in offset order (the history's
+/// partitions are read one after another for the same reason).
+#[derive(Debug)]
+pub struct TailExec {
+    topic: String,
+    history: Option<Arc<dyn ExecutionPlan>>,
+    ranges: Vec<HotRange>,
+    archive: Arc<Archive>,
+    schema: SchemaRef,
+    /// Archive-schema column indexes to output.
+    projection: Vec<usize>,
+    props: Arc<PlanProperties>,
+}
+
+impl TailExec {
+    fn new(
+        topic: String,
+        history: Option<Arc<dyn ExecutionPlan>>,
+        ranges: Vec<HotRange>,
+        archive: Arc<Archive>,
+        schema: SchemaRef,
+        projection: Vec<usize>,
+    ) -> Self {
+        let props = Arc::new(PlanProperties::new(
+            EquivalenceProperties::new(schema.clone()),
+            Partitioning::UnknownPartitioning(1),
+            EmissionType::Incremental,
+            Boundedness::Unbounded {
+                requires_infinite_memory: false,
+            },
+        ));
+        TailExec {
+            topic,
+            history,
+            ranges,
+            archive,
+            schema,
+            projection,
+            props,
+        }
+    }
+
+    /// One partition's records from `range.from` as they are committed,
+    /// up to `range.to`.
+    fn follow(&self, range: HotRange) -> futures::stream::BoxStream<'static, Result<RecordBatch>> {
+        let hw = range.partition.watch_high_watermark();
+        let reader = HotReader {
+            topic: self.topic.clone(),
+            archive: self.archive.clone(),
+            projection: self.projection.clone(),
+            pos: range.from,
+            range,
+            left: usize::MAX,
+            started: false,
+            follows: true,
+        };
+        futures::stream::try_unfold((reader, hw), |(mut r, mut hw)| async move {
+            loop {
+                if r.pos >= r.range.to {
+                    return Ok(None);
+                }
+                let pos = r.pos;
+                if hw.wait_for(|h| *h > pos).await.is_err() {
+                    return Err(DataFusionError::Execution(format!(
+                        "topic {} partition {} was closed",
+                        r.topic, r.range.index
+                    )));
+                }
+                if let Some(batch) = r.next_batch().await? {
+                    return Ok(Some((batch, (r, hw))));
+                }
+            }
+        })
+        .boxed()
+    }
+}
+
+impl DisplayAs for TailExec {
+    fn fmt_as(&self, _t: DisplayFormatType, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "TailExec: topic={} from=[", self.topic)?;
+        for (i, r) in self.ranges.iter().enumerate() {
+            if i > 0 {
+                write!(f, ", ")?;
+            }
+            write!(f, "p{}={}", r.index, r.from)?;
+        }
+        write!(f, "]")
+    }
+}
+
+impl ExecutionPlan for TailExec {
+    fn name(&self) -> &str {
+        "TailExec"
+    }
+
+    fn properties(&self) -> &Arc<PlanProperties> {
+        &self.props
+    }
+
+    fn children(&self) -> Vec<&Arc<dyn ExecutionPlan>> {
+        self.history.iter().collect()
+    }
+
+    fn apply_expressions(
+        &self,
+        _f: &mut dyn FnMut(&Arc<dyn PhysicalExpr>) -> Result<TreeNodeRecursion>,
+    ) -> Result<TreeNodeRecursion> {
+        Ok(TreeNodeRecursion::Continue)
+    }
+
+    fn with_new_children(
+        self: Arc<Self>,
+        mut children: Vec<Arc<dyn ExecutionPlan>>,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        let history = children.pop();
+        if !children.is_empty() || history.is_some() != self.history.is_some() {
+            return Err(DataFusionError::Internal(
+                "TailExec takes back its own history plan".into(),
+            ));
+        }
+        Ok(Arc::new(TailExec {
+            topic: self.topic.clone(),
+            history,
+            ranges: self.ranges.clone(),
+            archive: self.archive.clone(),
+            schema: self.schema.clone(),
+            projection: self.projection.clone(),
+            props: self.props.clone(),
+        }))
+    }
+
+    fn execute(
+        &self,
+        partition: usize,
+        context: Arc<TaskContext>,
+    ) -> Result<SendableRecordBatchStream> {
+        if partition != 0 {
+            return Err(DataFusionError::Internal(format!(
+                "TailExec has one partition, not {partition}"
+            )));
+        }
+        // The history's partitions one after another: archive files in
+        // offset order, then the hot ranges, so that each Kafka
+        // partition's rows come out in offset order.
+        let history = match &self.history {
+            Some(h) => {
+                let h = h.clone();
+                let parts = h.properties().output_partitioning().partition_count();
+                futures::stream::iter(0..parts)
+                    .map(move |p| match h.execute(p, context.clone()) {
+                        Ok(s) => s.boxed(),
+                        Err(e) => futures::stream::once(async move { Err(e) }).boxed(),
+                    })
+                    .flatten()
+                    .boxed()
+            }
+            None => futures::stream::empty().boxed(),
+        };
+        let live = futures::stream::select_all(self.ranges.iter().cloned().map(|r| self.follow(r)));
+        Ok(Box::pin(RecordBatchStreamAdapter::new(
+            self.schema.clone(),
+            history.chain(live),
+        )))
+    }
 }
 
 /// The one input of a single-child plan node, given to `with_new_children`.
@@ -878,6 +1111,8 @@ impl HotReader {
                     .map_err(external)?;
                 match first {
                     Ok(Some((offset, _))) => self.pos = self.pos.max(offset),
+                    // Later records may still match.
+                    Ok(None) if self.follows => {}
                     Ok(None) => self.pos = self.range.to,
                     // Below the local start: read from `from` as usual.
                     Err(_) => {}

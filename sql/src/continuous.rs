@@ -1,0 +1,1109 @@
+//! Continuous aggregation: `GROUP BY` over input that never ends.
+//!
+//! DataFusion's streaming planner refuses an aggregate over unbounded input
+//! unless it is grouped by an ordered key (it would have to wait for the
+//! end). Here the state is ours: in a push query's plan each `Aggregate`
+//! becomes a [`ContinuousAggregate`] node, which plans as
+//! [`ContinuousAggregateExec`]. DataFusion still evaluates the group keys,
+//! aggregate arguments, filters and projections; the exec keeps one entry
+//! per group (keys in Arrow's row format, aggregates in typed vectors) and
+//! after each input batch emits the new value of every group the batch
+//! changed (`EMIT CHANGES`), or, with `EMIT FINAL`, each window's groups
+//! once when the window closes.
+//!
+//! Windows (see [`crate::window`]) reach the exec as group keys
+//! (`windowstart`, `windowend`) plus each row's event time. Stream time is
+//! the largest event time seen; a record whose window ended more than the
+//! grace period before stream time is dropped and counted. Because stream
+//! time is a maximum over all partitions, an idle partition never holds
+//! results back.
+
+use std::cmp::Ordering as CmpOrdering;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use datafusion::arrow::array::{
+    Array, ArrayRef, AsArray, BooleanBufferBuilder, Float64Array, Int64Array, RecordBatch,
+};
+use datafusion::arrow::compute::cast;
+use datafusion::arrow::datatypes::{DataType, Float64Type, Int64Type, SchemaRef};
+use datafusion::arrow::row::{RowConverter, SortField};
+use datafusion::catalog::Session;
+use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
+use datafusion::common::{Column, DFSchemaRef, DataFusionError, Result, ScalarValue};
+use datafusion::execution::context::QueryPlanner;
+use datafusion::execution::{SendableRecordBatchStream, TaskContext};
+use datafusion::logical_expr::physical_planning_context::PhysicalPlanningContext;
+use datafusion::logical_expr::utils::expr_to_columns;
+use datafusion::logical_expr::{
+    Expr, Extension, LogicalPlan, UserDefinedLogicalNode, UserDefinedLogicalNodeCore,
+};
+use datafusion::physical_expr::{EquivalenceProperties, PhysicalExpr};
+use datafusion::physical_plan::execution_plan::EmissionType;
+use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
+use datafusion::physical_plan::{
+    DisplayAs, DisplayFormatType, Distribution, ExecutionPlan, Partitioning, PlanProperties,
+};
+use datafusion::physical_planner::{DefaultPhysicalPlanner, ExtensionPlanner, PhysicalPlanner};
+use futures::StreamExt;
+
+use crate::window::{WindowSpec, EVENT_TIME, WINDOW_START};
+use crate::SqlError;
+
+/// Where a push query's continuous aggregates count the records they drop
+/// for arriving after their window closed: put in the query's session
+/// config, read by the planner.
+#[derive(Debug, Default)]
+pub struct LateRecords(pub AtomicU64);
+
+/// How a continuous aggregate emits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd)]
+pub enum Emit {
+    /// Each group's new value after every input batch that changed it.
+    Changes,
+    /// Each window's groups once, when the window closes.
+    Final,
+}
+
+/// An `Aggregate` whose input never ends (see the module docs).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ContinuousAggregate {
+    input: LogicalPlan,
+    group_expr: Vec<Expr>,
+    aggr_expr: Vec<Expr>,
+    schema: DFSchemaRef,
+    window: Option<WindowSpec>,
+    emit: Emit,
+}
+
+impl PartialOrd for ContinuousAggregate {
+    fn partial_cmp(&self, other: &Self) -> Option<CmpOrdering> {
+        // Only equal nodes compare (plans are not ordered).
+        (self == other).then_some(CmpOrdering::Equal)
+    }
+}
+
+impl UserDefinedLogicalNodeCore for ContinuousAggregate {
+    fn name(&self) -> &str {
+        "ContinuousAggregate"
+    }
+
+    fn inputs(&self) -> Vec<&LogicalPlan> {
+        vec![&self.input]
+    }
+
+    fn schema(&self) -> &DFSchemaRef {
+        &self.schema
+    }
+
+    fn expressions(&self) -> Vec<Expr> {
+        self.group_expr
+            .iter()
+            .chain(&self.aggr_expr)
+            .cloned()
+            .collect()
+    }
+
+    fn fmt_for_explain(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        write!(
+            f,
+            "ContinuousAggregate: groupBy=[{}], aggr=[{}], emit={:?}",
+            exprs(&self.group_expr),
+            exprs(&self.aggr_expr),
+            self.emit
+        )
+    }
+
+    fn with_exprs_and_inputs(&self, exprs: Vec<Expr>, inputs: Vec<LogicalPlan>) -> Result<Self> {
+        let n = self.group_expr.len();
+        let (Some(input), true) = (
+            inputs.into_iter().next(),
+            exprs.len() == n + self.aggr_expr.len(),
+        ) else {
+            return Err(DataFusionError::Internal(
+                "ContinuousAggregate: wrong number of inputs or expressions".into(),
+            ));
+        };
+        Ok(ContinuousAggregate {
+            input,
+            group_expr: exprs[..n].to_vec(),
+            aggr_expr: exprs[n..].to_vec(),
+            schema: self.schema.clone(),
+            window: self.window,
+            emit: self.emit,
+        })
+    }
+
+    fn necessary_children_exprs(&self, _output_columns: &[usize]) -> Option<Vec<Vec<usize>>> {
+        // Every output column is kept; of the input, only what the
+        // expressions read (and the event time of a window).
+        let mut columns = HashSet::new();
+        for e in UserDefinedLogicalNodeCore::expressions(self) {
+            expr_to_columns(&e, &mut columns).ok()?;
+        }
+        let schema = self.input.schema();
+        let mut indices: Vec<usize> = columns
+            .iter()
+            .map(|c| schema.maybe_index_of_column(c))
+            .collect::<Option<_>>()?;
+        if self.window.is_some() {
+            indices.push(event_time_column(schema).ok()?.1);
+        }
+        indices.sort_unstable();
+        indices.dedup();
+        Some(vec![indices])
+    }
+}
+
+fn exprs(e: &[Expr]) -> String {
+    e.iter()
+        .map(|e| e.to_string())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn event_time_column(schema: &datafusion::common::DFSchema) -> Result<(Column, usize)> {
+    let (q, f) = schema.qualified_field_with_unqualified_name(EVENT_TIME)?;
+    let c = Column::from((q, f));
+    let i = schema.index_of_column(&c)?;
+    Ok((c, i))
+}
+
+/// Turns the `Aggregate` of a push query's plan into a continuous one.
+/// One aggregation level only: an aggregate over another's changes would
+/// count updates, not records.
+pub fn rewrite(
+    plan: LogicalPlan,
+    window: Option<WindowSpec>,
+    emit: Emit,
+) -> Result<LogicalPlan, SqlError> {
+    let mut found = 0;
+    let _ = plan.apply(|p| {
+        if matches!(p, LogicalPlan::Aggregate(_) | LogicalPlan::Distinct(_)) {
+            found += 1;
+        }
+        Ok(TreeNodeRecursion::Continue)
+    });
+    if found > 1 {
+        return Err(SqlError::unsupported(
+            "more than one aggregation (or DISTINCT) in a push query",
+        ));
+    }
+    if found == 0 {
+        if window.is_some() {
+            return Err(SqlError::syntax(
+                "a WINDOW needs an aggregation with GROUP BY",
+            ));
+        }
+        if emit == Emit::Final {
+            return Err(SqlError::syntax(
+                "EMIT FINAL needs a windowed aggregation (WINDOW ... GROUP BY)",
+            ));
+        }
+        return Ok(plan);
+    }
+    if emit == Emit::Final && window.is_none() {
+        return Err(SqlError::syntax(
+            "EMIT FINAL needs a window: without one no group ever closes",
+        ));
+    }
+    let rewritten = plan
+        .transform_up(|p| match p {
+            LogicalPlan::Aggregate(a) => {
+                if a.group_expr
+                    .iter()
+                    .any(|e| matches!(e, Expr::GroupingSet(_)))
+                {
+                    return Err(DataFusionError::NotImplemented(
+                        "GROUPING SETS, CUBE and ROLLUP in a push query".into(),
+                    ));
+                }
+                let node = ContinuousAggregate {
+                    input: Arc::unwrap_or_clone(a.input),
+                    group_expr: a.group_expr,
+                    aggr_expr: a.aggr_expr,
+                    schema: a.schema,
+                    window,
+                    emit,
+                };
+                Ok(Transformed::yes(LogicalPlan::Extension(Extension {
+                    node: Arc::new(node),
+                })))
+            }
+            LogicalPlan::Distinct(_) => Err(DataFusionError::NotImplemented(
+                "SELECT DISTINCT in a push query (use GROUP BY)".into(),
+            )),
+            other => Ok(Transformed::no(other)),
+        })
+        .map_err(SqlError::from)?;
+    Ok(rewritten.data)
+}
+
+/// The query planner of push queries: DataFusion's, plus continuous
+/// aggregates.
+#[derive(Debug)]
+pub struct ContinuousQueryPlanner;
+
+#[async_trait]
+impl QueryPlanner for ContinuousQueryPlanner {
+    async fn create_physical_plan(
+        &self,
+        logical_plan: &LogicalPlan,
+        session: &dyn Session,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        DefaultPhysicalPlanner::with_extension_planners(vec![Arc::new(ContinuousPlanner)])
+            .create_physical_plan(logical_plan, session)
+            .await
+    }
+}
+
+struct ContinuousPlanner;
+
+#[async_trait]
+impl ExtensionPlanner for ContinuousPlanner {
+    async fn plan_extension(
+        &self,
+        planner: &dyn PhysicalPlanner,
+        node: &dyn UserDefinedLogicalNode,
+        logical_inputs: &[&LogicalPlan],
+        physical_inputs: &[Arc<dyn ExecutionPlan>],
+        session: &dyn Session,
+        planning_ctx: &PhysicalPlanningContext,
+    ) -> Result<Option<Arc<dyn ExecutionPlan>>> {
+        let Some(node) = node.as_any().downcast_ref::<ContinuousAggregate>() else {
+            return Ok(None);
+        };
+        let (Some(logical), Some(input)) = (logical_inputs.first(), physical_inputs.first()) else {
+            return Err(DataFusionError::Internal(
+                "ContinuousAggregate needs an input".into(),
+            ));
+        };
+        let schema = logical.schema();
+        let physical = |e: &Expr| planner.create_physical_expr(e, schema, session, planning_ctx);
+        let groups = node
+            .group_expr
+            .iter()
+            .map(physical)
+            .collect::<Result<Vec<_>>>()?;
+        let out = node.schema.as_arrow();
+        let mut aggs = Vec::with_capacity(node.aggr_expr.len());
+        for (i, e) in node.aggr_expr.iter().enumerate() {
+            let out_type = out.field(groups.len() + i).data_type().clone();
+            aggs.push(agg_spec(e, out_type, &physical)?);
+        }
+        let window = match node.window {
+            Some(spec) => {
+                let start = node
+                    .group_expr
+                    .iter()
+                    .position(|e| matches!(e, Expr::Column(c) if c.name == WINDOW_START))
+                    .ok_or_else(|| {
+                        DataFusionError::Plan(
+                            "a windowed aggregation must group by windowstart".into(),
+                        )
+                    })?;
+                let (c, _) = event_time_column(schema)?;
+                Some(WindowRuntime {
+                    spec,
+                    start_group: start,
+                    event_time: physical(&Expr::Column(c))?,
+                })
+            }
+            None => None,
+        };
+        let mut exec = ContinuousAggregateExec::new(
+            input.clone(),
+            groups,
+            aggs,
+            Arc::new(out.clone()),
+            window,
+            node.emit,
+        );
+        if let Some(late) = session.config().get_extension::<LateRecords>() {
+            exec.late = late;
+        }
+        Ok(Some(Arc::new(exec)))
+    }
+}
+
+/// What one aggregate computes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum AggKind {
+    Count,
+    SumInt,
+    SumFloat,
+    MinMaxInt { max: bool },
+    MinMaxFloat { max: bool },
+    MinMaxOther { max: bool },
+    Avg,
+}
+
+#[derive(Debug, Clone)]
+struct AggSpec {
+    kind: AggKind,
+    /// None for `count(*)`.
+    arg: Option<Arc<dyn PhysicalExpr>>,
+    out: DataType,
+    name: String,
+}
+
+fn agg_spec(
+    e: &Expr,
+    out: DataType,
+    physical: &dyn Fn(&Expr) -> Result<Arc<dyn PhysicalExpr>>,
+) -> Result<AggSpec> {
+    let unsupported = |what: String| -> DataFusionError {
+        DataFusionError::NotImplemented(format!(
+            "{what} in a push query (COUNT, SUM, MIN, MAX and AVG are maintained)"
+        ))
+    };
+    let inner = match e {
+        Expr::Alias(a) => a.expr.as_ref(),
+        e => e,
+    };
+    let Expr::AggregateFunction(f) = inner else {
+        return Err(unsupported(format!("'{e}'")));
+    };
+    let p = &f.params;
+    if p.distinct || p.filter.is_some() || !p.order_by.is_empty() {
+        return Err(unsupported(format!("'{e}' (DISTINCT, FILTER or ORDER BY)")));
+    }
+    let name = f.func.name().to_ascii_lowercase();
+    let int_like = |t: &DataType| {
+        t.is_integer()
+            || matches!(
+                t,
+                DataType::Timestamp(..) | DataType::Date32 | DataType::Date64
+            )
+    };
+    let float =
+        |t: &DataType| matches!(t, DataType::Float16 | DataType::Float32 | DataType::Float64);
+    let kind = match name.as_str() {
+        "count" => AggKind::Count,
+        "sum" if out == DataType::Int64 => AggKind::SumInt,
+        "sum" if out == DataType::Float64 => AggKind::SumFloat,
+        "avg" if out == DataType::Float64 => AggKind::Avg,
+        "min" | "max" => {
+            let max = name == "max";
+            if int_like(&out) {
+                AggKind::MinMaxInt { max }
+            } else if float(&out) {
+                AggKind::MinMaxFloat { max }
+            } else {
+                AggKind::MinMaxOther { max }
+            }
+        }
+        "sum" | "avg" => return Err(unsupported(format!("'{e}' over {out}"))),
+        other => return Err(unsupported(format!("aggregate '{other}'"))),
+    };
+    let arg = match (kind, p.args.as_slice()) {
+        (AggKind::Count, []) => None,
+        (_, [a]) => Some(physical(a)?),
+        _ => {
+            return Err(unsupported(format!(
+                "'{e}' with {} arguments",
+                p.args.len()
+            )))
+        }
+    };
+    Ok(AggSpec {
+        kind,
+        arg,
+        out,
+        name: e.schema_name().to_string(),
+    })
+}
+
+#[derive(Debug, Clone)]
+struct WindowRuntime {
+    spec: WindowSpec,
+    /// Which group key is `windowstart`.
+    start_group: usize,
+    event_time: Arc<dyn PhysicalExpr>,
+}
+
+/// Maintains `GROUP BY` results over an unbounded input (see the module
+/// docs). One output partition.
+#[derive(Debug)]
+pub struct ContinuousAggregateExec {
+    input: Arc<dyn ExecutionPlan>,
+    groups: Vec<Arc<dyn PhysicalExpr>>,
+    aggs: Vec<AggSpec>,
+    schema: SchemaRef,
+    window: Option<WindowRuntime>,
+    emit: Emit,
+    /// Records dropped for arriving after their window closed.
+    late: Arc<LateRecords>,
+    props: Arc<PlanProperties>,
+}
+
+impl ContinuousAggregateExec {
+    fn new(
+        input: Arc<dyn ExecutionPlan>,
+        groups: Vec<Arc<dyn PhysicalExpr>>,
+        aggs: Vec<AggSpec>,
+        schema: SchemaRef,
+        window: Option<WindowRuntime>,
+        emit: Emit,
+    ) -> Self {
+        let props = Arc::new(PlanProperties::new(
+            EquivalenceProperties::new(schema.clone()),
+            Partitioning::UnknownPartitioning(1),
+            EmissionType::Incremental,
+            input.properties().boundedness,
+        ));
+        ContinuousAggregateExec {
+            input,
+            groups,
+            aggs,
+            schema,
+            window,
+            emit,
+            late: Arc::default(),
+            props,
+        }
+    }
+
+    /// Records dropped so far for arriving after their window closed.
+    pub fn late_records(&self) -> u64 {
+        self.late.0.load(Ordering::Relaxed)
+    }
+}
+
+impl DisplayAs for ContinuousAggregateExec {
+    fn fmt_as(&self, _t: DisplayFormatType, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "ContinuousAggregateExec: groups={} aggr=[{}] emit={:?}",
+            self.groups.len(),
+            self.aggs
+                .iter()
+                .map(|a| a.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", "),
+            self.emit
+        )?;
+        if let Some(w) = &self.window {
+            write!(
+                f,
+                " window={:?} size_ms={} grace_ms={}",
+                w.spec.kind, w.spec.size_ms, w.spec.grace_ms
+            )?;
+        }
+        Ok(())
+    }
+}
+
+impl ExecutionPlan for ContinuousAggregateExec {
+    fn name(&self) -> &str {
+        "ContinuousAggregateExec"
+    }
+
+    fn properties(&self) -> &Arc<PlanProperties> {
+        &self.props
+    }
+
+    fn required_input_distribution(&self) -> Vec<Distribution> {
+        vec![Distribution::SinglePartition]
+    }
+
+    fn benefits_from_input_partitioning(&self) -> Vec<bool> {
+        vec![false]
+    }
+
+    fn children(&self) -> Vec<&Arc<dyn ExecutionPlan>> {
+        vec![&self.input]
+    }
+
+    fn apply_expressions(
+        &self,
+        f: &mut dyn FnMut(&Arc<dyn PhysicalExpr>) -> Result<TreeNodeRecursion>,
+    ) -> Result<TreeNodeRecursion> {
+        for e in self
+            .groups
+            .iter()
+            .chain(self.aggs.iter().filter_map(|a| a.arg.as_ref()))
+        {
+            if f(e)? == TreeNodeRecursion::Stop {
+                return Ok(TreeNodeRecursion::Stop);
+            }
+        }
+        Ok(TreeNodeRecursion::Continue)
+    }
+
+    fn with_new_children(
+        self: Arc<Self>,
+        children: Vec<Arc<dyn ExecutionPlan>>,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        let input = crate::topic_table::only_child(children, "ContinuousAggregateExec")?;
+        Ok(Arc::new(ContinuousAggregateExec {
+            input,
+            groups: self.groups.clone(),
+            aggs: self.aggs.clone(),
+            schema: self.schema.clone(),
+            window: self.window.clone(),
+            emit: self.emit,
+            late: self.late.clone(),
+            props: self.props.clone(),
+        }))
+    }
+
+    fn execute(
+        &self,
+        partition: usize,
+        context: Arc<TaskContext>,
+    ) -> Result<SendableRecordBatchStream> {
+        if partition != 0 {
+            return Err(DataFusionError::Internal(format!(
+                "ContinuousAggregateExec has one partition, not {partition}"
+            )));
+        }
+        let input = datafusion::physical_plan::execute_stream(self.input.clone(), context)?;
+        let sort_fields: Vec<SortField> = self
+            .schema
+            .fields()
+            .iter()
+            .take(self.groups.len())
+            .map(|f| SortField::new(f.data_type().clone()))
+            .collect();
+        let state = Groups {
+            converter: RowConverter::new(sort_fields)?,
+            index: HashMap::new(),
+            keys: Vec::new(),
+            accs: self.aggs.iter().map(|a| Acc::new(a.kind)).collect(),
+            touched: Vec::new(),
+            touched_mark: Vec::new(),
+            watermark: i64::MIN,
+            open: BTreeMap::new(),
+        };
+        let op = Operator {
+            groups: self.groups.clone(),
+            aggs: self.aggs.clone(),
+            schema: self.schema.clone(),
+            window: self.window.clone(),
+            emit: self.emit,
+            late: self.late.clone(),
+            state,
+        };
+        let stream = futures::stream::unfold((input, op), |(mut input, mut op)| async move {
+            loop {
+                match input.next().await {
+                    None => return None,
+                    Some(Err(e)) => return Some((Err(e), (input, op))),
+                    Some(Ok(batch)) => match op.process(&batch) {
+                        Ok(Some(out)) => return Some((Ok(out), (input, op))),
+                        Ok(None) => continue,
+                        Err(e) => return Some((Err(e), (input, op))),
+                    },
+                }
+            }
+        });
+        Ok(Box::pin(RecordBatchStreamAdapter::new(
+            self.schema.clone(),
+            stream,
+        )))
+    }
+}
+
+/// The running state of one continuous aggregate.
+struct Operator {
+    groups: Vec<Arc<dyn PhysicalExpr>>,
+    aggs: Vec<AggSpec>,
+    schema: SchemaRef,
+    window: Option<WindowRuntime>,
+    emit: Emit,
+    late: Arc<LateRecords>,
+    state: Groups,
+}
+
+struct Groups {
+    converter: RowConverter,
+    /// Group keys (row format) to group ids.
+    index: HashMap<Box<[u8]>, u32>,
+    keys: Vec<Box<[u8]>>,
+    accs: Vec<Acc>,
+    /// Groups changed by the current batch, once each.
+    touched: Vec<u32>,
+    touched_mark: Vec<bool>,
+    /// Stream time: the largest event time seen (windowed only).
+    watermark: i64,
+    /// Windows not yet closed, by end: their groups (EMIT FINAL only).
+    open: BTreeMap<i64, Vec<u32>>,
+}
+
+impl Operator {
+    /// Folds one input batch in; the rows to emit, if any.
+    fn process(&mut self, batch: &RecordBatch) -> Result<Option<RecordBatch>> {
+        let n = batch.num_rows();
+        if n == 0 {
+            return Ok(None);
+        }
+        let keys: Vec<ArrayRef> = self
+            .groups
+            .iter()
+            .map(|e| e.evaluate(batch).and_then(|v| v.into_array(n)))
+            .collect::<Result<_>>()?;
+        // Which rows count: with a window, those whose window is open.
+        let mut keep = BooleanBufferBuilder::new(n);
+        keep.append_n(n, true);
+        if let Some(w) = &self.window {
+            let starts = as_i64(&keys[w.start_group])?;
+            let times = as_i64(&w.event_time.evaluate(batch)?.into_array(n)?)?;
+            let mut dropped = 0;
+            for i in 0..n {
+                if starts.is_null(i) || times.is_null(i) {
+                    keep.set_bit(i, false);
+                    continue;
+                }
+                let end = starts.value(i).saturating_add(w.spec.size_ms);
+                if end.saturating_add(w.spec.grace_ms) <= self.state.watermark {
+                    keep.set_bit(i, false);
+                    dropped += 1;
+                    continue;
+                }
+                self.state.watermark = self.state.watermark.max(times.value(i));
+            }
+            self.late.0.fetch_add(dropped, Ordering::Relaxed);
+        }
+        let keep = keep.finish();
+        let rows = self.state.converter.convert_columns(&keys)?;
+        let window_end = match &self.window {
+            Some(w) => Some((as_i64(&keys[w.start_group])?, w.spec.size_ms)),
+            None => None,
+        };
+        let mut gids = Vec::with_capacity(n);
+        for i in 0..n {
+            if !keep.value(i) {
+                gids.push(u32::MAX);
+                continue;
+            }
+            let row = rows.row(i);
+            let g = match self.state.index.get(row.as_ref()) {
+                Some(&g) => g,
+                None => {
+                    let g = u32::try_from(self.state.keys.len()).map_err(|_| {
+                        DataFusionError::ResourcesExhausted("more than 4 billion groups".into())
+                    })?;
+                    let key: Box<[u8]> = row.as_ref().into();
+                    self.state.index.insert(key.clone(), g);
+                    self.state.keys.push(key);
+                    self.state.touched_mark.push(false);
+                    for acc in &mut self.state.accs {
+                        acc.grow();
+                    }
+                    if let (Emit::Final, Some((starts, size))) = (self.emit, &window_end) {
+                        let end = starts.value(i).saturating_add(*size);
+                        self.state.open.entry(end).or_default().push(g);
+                    }
+                    g
+                }
+            };
+            if !self.state.touched_mark[g as usize] {
+                self.state.touched_mark[g as usize] = true;
+                self.state.touched.push(g);
+            }
+            gids.push(g);
+        }
+        for (acc, spec) in self.state.accs.iter_mut().zip(&self.aggs) {
+            let arg = match &spec.arg {
+                Some(e) => Some(e.evaluate(batch)?.into_array(n)?),
+                None => None,
+            };
+            acc.update(&gids, arg.as_ref())?;
+        }
+        let touched = std::mem::take(&mut self.state.touched);
+        for &g in &touched {
+            self.state.touched_mark[g as usize] = false;
+        }
+        let emit: Vec<u32> = match (self.emit, &self.window) {
+            (Emit::Changes, _) => touched,
+            (Emit::Final, Some(w)) => {
+                // Windows whose end plus grace stream time has passed.
+                let closed_before = self.state.watermark.saturating_sub(w.spec.grace_ms);
+                let still_open = self.state.open.split_off(&closed_before.saturating_add(1));
+                let closed = std::mem::replace(&mut self.state.open, still_open);
+                closed.into_values().flatten().collect()
+            }
+            (Emit::Final, None) => Vec::new(),
+        };
+        if emit.is_empty() {
+            return Ok(None);
+        }
+        self.rows_of(&emit).map(Some)
+    }
+
+    /// The current rows of groups `gids`.
+    fn rows_of(&self, gids: &[u32]) -> Result<RecordBatch> {
+        let parser = self.state.converter.parser();
+        let mut columns = self.state.converter.convert_rows(
+            gids.iter()
+                .map(|&g| parser.parse(&self.state.keys[g as usize])),
+        )?;
+        for (acc, spec) in self.state.accs.iter().zip(&self.aggs) {
+            let a = acc.values(gids, &spec.out)?;
+            columns.push(if a.data_type() == &spec.out {
+                a
+            } else {
+                cast(&a, &spec.out)?
+            });
+        }
+        // Group key types are the schema's (the row format round-trips).
+        Ok(RecordBatch::try_new_with_options(
+            self.schema.clone(),
+            columns,
+            &datafusion::arrow::array::RecordBatchOptions::new().with_row_count(Some(gids.len())),
+        )?)
+    }
+}
+
+fn as_i64(a: &ArrayRef) -> Result<Int64Array> {
+    Ok(cast(a, &DataType::Int64)?
+        .as_primitive::<Int64Type>()
+        .clone())
+}
+
+/// One aggregate's state for every group.
+enum Acc {
+    Count(Vec<i64>),
+    SumInt {
+        sum: Vec<i64>,
+        seen: Vec<bool>,
+    },
+    SumFloat {
+        sum: Vec<f64>,
+        seen: Vec<bool>,
+    },
+    MinMaxInt {
+        v: Vec<i64>,
+        seen: Vec<bool>,
+        max: bool,
+    },
+    MinMaxFloat {
+        v: Vec<f64>,
+        seen: Vec<bool>,
+        max: bool,
+    },
+    MinMaxOther {
+        v: Vec<Option<ScalarValue>>,
+        max: bool,
+    },
+    Avg {
+        sum: Vec<f64>,
+        count: Vec<i64>,
+    },
+}
+
+impl Acc {
+    fn new(kind: AggKind) -> Acc {
+        match kind {
+            AggKind::Count => Acc::Count(Vec::new()),
+            AggKind::SumInt => Acc::SumInt {
+                sum: Vec::new(),
+                seen: Vec::new(),
+            },
+            AggKind::SumFloat => Acc::SumFloat {
+                sum: Vec::new(),
+                seen: Vec::new(),
+            },
+            AggKind::MinMaxInt { max } => Acc::MinMaxInt {
+                v: Vec::new(),
+                seen: Vec::new(),
+                max,
+            },
+            AggKind::MinMaxFloat { max } => Acc::MinMaxFloat {
+                v: Vec::new(),
+                seen: Vec::new(),
+                max,
+            },
+            AggKind::MinMaxOther { max } => Acc::MinMaxOther { v: Vec::new(), max },
+            AggKind::Avg => Acc::Avg {
+                sum: Vec::new(),
+                count: Vec::new(),
+            },
+        }
+    }
+
+    /// Room for one more group.
+    fn grow(&mut self) {
+        match self {
+            Acc::Count(c) => c.push(0),
+            Acc::SumInt { sum, seen } => {
+                sum.push(0);
+                seen.push(false);
+            }
+            Acc::SumFloat { sum, seen } => {
+                sum.push(0.0);
+                seen.push(false);
+            }
+            Acc::MinMaxInt { v, seen, .. } => {
+                v.push(0);
+                seen.push(false);
+            }
+            Acc::MinMaxFloat { v, seen, .. } => {
+                v.push(0.0);
+                seen.push(false);
+            }
+            Acc::MinMaxOther { v, .. } => v.push(None),
+            Acc::Avg { sum, count } => {
+                sum.push(0.0);
+                count.push(0);
+            }
+        }
+    }
+
+    /// Adds row `i` of `arg` to group `gids[i]` (rows with `u32::MAX`
+    /// are skipped; NULL arguments are ignored, as SQL does).
+    fn update(&mut self, gids: &[u32], arg: Option<&ArrayRef>) -> Result<()> {
+        let rows = gids.iter().enumerate().filter(|(_, g)| **g != u32::MAX);
+        match self {
+            Acc::Count(c) => match arg {
+                None => rows.for_each(|(_, &g)| c[g as usize] += 1),
+                Some(a) => rows
+                    .filter(|(i, _)| a.is_valid(*i))
+                    .for_each(|(_, &g)| c[g as usize] += 1),
+            },
+            Acc::SumInt { sum, seen } => {
+                let a = as_i64(required(arg)?)?;
+                for (i, &g) in rows.filter(|(i, _)| a.is_valid(*i)) {
+                    sum[g as usize] = sum[g as usize].wrapping_add(a.value(i));
+                    seen[g as usize] = true;
+                }
+            }
+            Acc::SumFloat { sum, seen } => {
+                let a = as_f64(required(arg)?)?;
+                for (i, &g) in rows.filter(|(i, _)| a.is_valid(*i)) {
+                    sum[g as usize] += a.value(i);
+                    seen[g as usize] = true;
+                }
+            }
+            Acc::MinMaxInt { v, seen, max } => {
+                let a = as_i64(required(arg)?)?;
+                for (i, &g) in rows.filter(|(i, _)| a.is_valid(*i)) {
+                    let (x, g) = (a.value(i), g as usize);
+                    if !seen[g] || (*max && x > v[g]) || (!*max && x < v[g]) {
+                        v[g] = x;
+                        seen[g] = true;
+                    }
+                }
+            }
+            Acc::MinMaxFloat { v, seen, max } => {
+                let a = as_f64(required(arg)?)?;
+                for (i, &g) in rows.filter(|(i, _)| a.is_valid(*i)) {
+                    let (x, g) = (a.value(i), g as usize);
+                    let better = if *max {
+                        x.total_cmp(&v[g]).is_gt()
+                    } else {
+                        x.total_cmp(&v[g]).is_lt()
+                    };
+                    if !seen[g] || better {
+                        v[g] = x;
+                        seen[g] = true;
+                    }
+                }
+            }
+            Acc::MinMaxOther { v, max } => {
+                let a = required(arg)?;
+                for (i, &g) in rows.filter(|(i, _)| a.is_valid(*i)) {
+                    let x = ScalarValue::try_from_array(a, i)?;
+                    let slot = &mut v[g as usize];
+                    let replace = match slot {
+                        None => true,
+                        Some(cur) => match x.partial_cmp(cur) {
+                            Some(CmpOrdering::Greater) => *max,
+                            Some(CmpOrdering::Less) => !*max,
+                            _ => false,
+                        },
+                    };
+                    if replace {
+                        *slot = Some(x);
+                    }
+                }
+            }
+            Acc::Avg { sum, count } => {
+                let a = as_f64(required(arg)?)?;
+                for (i, &g) in rows.filter(|(i, _)| a.is_valid(*i)) {
+                    sum[g as usize] += a.value(i);
+                    count[g as usize] += 1;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The values of groups `gids` (`out`: the aggregate's type).
+    fn values(&self, gids: &[u32], out: &DataType) -> Result<ArrayRef> {
+        let at = |g: &u32| *g as usize;
+        Ok(match self {
+            Acc::Count(c) => Arc::new(Int64Array::from_iter_values(gids.iter().map(|g| c[at(g)]))),
+            Acc::SumInt { sum, seen } | Acc::MinMaxInt { v: sum, seen, .. } => Arc::new(
+                gids.iter()
+                    .map(|g| seen[at(g)].then_some(sum[at(g)]))
+                    .collect::<Int64Array>(),
+            ),
+            Acc::SumFloat { sum, seen } | Acc::MinMaxFloat { v: sum, seen, .. } => Arc::new(
+                gids.iter()
+                    .map(|g| seen[at(g)].then_some(sum[at(g)]))
+                    .collect::<Float64Array>(),
+            ),
+            Acc::MinMaxOther { v, .. } => {
+                let null = ScalarValue::try_from(out)?;
+                let values: Vec<ScalarValue> = gids
+                    .iter()
+                    .map(|g| v[at(g)].clone().unwrap_or_else(|| null.clone()))
+                    .collect();
+                ScalarValue::iter_to_array(values)?
+            }
+            Acc::Avg { sum, count } => Arc::new(
+                gids.iter()
+                    .map(|g| (count[at(g)] > 0).then(|| sum[at(g)] / count[at(g)] as f64))
+                    .collect::<Float64Array>(),
+            ),
+        })
+    }
+}
+
+fn required(arg: Option<&ArrayRef>) -> Result<&ArrayRef> {
+    arg.ok_or_else(|| DataFusionError::Internal("aggregate without its argument".into()))
+}
+
+fn as_f64(a: &ArrayRef) -> Result<Float64Array> {
+    Ok(cast(a, &DataType::Float64)?
+        .as_primitive::<Float64Type>()
+        .clone())
+}
+
+/// DataFusion's `FilterExec` gathers its output into full batches (8192
+/// rows) before passing it on: over a live input a matching row would wait
+/// for thousands more. In push queries every `FilterExec` is replaced by
+/// this one, which passes each filtered batch on as it is.
+#[derive(Debug)]
+pub struct LiveFilterExec {
+    input: Arc<dyn ExecutionPlan>,
+    predicate: Arc<dyn PhysicalExpr>,
+    projection: Option<Vec<usize>>,
+    fetch: Option<usize>,
+    props: Arc<PlanProperties>,
+}
+
+impl LiveFilterExec {
+    /// Replaces every `FilterExec` of `plan` (see the type's docs).
+    pub fn replace_filters(plan: Arc<dyn ExecutionPlan>) -> Result<Arc<dyn ExecutionPlan>> {
+        use datafusion::physical_plan::filter::FilterExec;
+        plan.transform_up(|p| {
+            let Some(f) = p.downcast_ref::<FilterExec>() else {
+                return Ok(Transformed::no(p));
+            };
+            Ok(Transformed::yes(Arc::new(LiveFilterExec {
+                input: f.input().clone(),
+                predicate: f.predicate().clone(),
+                projection: f.projection().as_ref().map(|p| p.to_vec()),
+                fetch: f.fetch(),
+                props: f.properties().clone(),
+            }) as Arc<dyn ExecutionPlan>))
+        })
+        .map(|t| t.data)
+    }
+}
+
+impl DisplayAs for LiveFilterExec {
+    fn fmt_as(&self, _t: DisplayFormatType, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "LiveFilterExec: {}", self.predicate)?;
+        if let Some(p) = &self.projection {
+            write!(f, ", projection={p:?}")?;
+        }
+        if let Some(n) = self.fetch {
+            write!(f, ", fetch={n}")?;
+        }
+        Ok(())
+    }
+}
+
+impl ExecutionPlan for LiveFilterExec {
+    fn name(&self) -> &str {
+        "LiveFilterExec"
+    }
+
+    fn properties(&self) -> &Arc<PlanProperties> {
+        &self.props
+    }
+
+    fn children(&self) -> Vec<&Arc<dyn ExecutionPlan>> {
+        vec![&self.input]
+    }
+
+    fn apply_expressions(
+        &self,
+        f: &mut dyn FnMut(&Arc<dyn PhysicalExpr>) -> Result<TreeNodeRecursion>,
+    ) -> Result<TreeNodeRecursion> {
+        f(&self.predicate)
+    }
+
+    fn maintains_input_order(&self) -> Vec<bool> {
+        vec![true]
+    }
+
+    fn with_new_children(
+        self: Arc<Self>,
+        children: Vec<Arc<dyn ExecutionPlan>>,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        let input = crate::topic_table::only_child(children, "LiveFilterExec")?;
+        Ok(Arc::new(LiveFilterExec {
+            input,
+            predicate: self.predicate.clone(),
+            projection: self.projection.clone(),
+            fetch: self.fetch,
+            props: self.props.clone(),
+        }))
+    }
+
+    fn execute(
+        &self,
+        partition: usize,
+        context: Arc<TaskContext>,
+    ) -> Result<SendableRecordBatchStream> {
+        let input = self.input.execute(partition, context)?;
+        let predicate = self.predicate.clone();
+        let projection = self.projection.clone();
+        let left = self.fetch.unwrap_or(usize::MAX);
+        let schema = self.props.eq_properties.schema().clone();
+        let filter = move |b: RecordBatch| -> Result<RecordBatch> {
+            let mask = predicate.evaluate(&b)?.into_array(b.num_rows())?;
+            let mask = mask.as_boolean_opt().ok_or_else(|| {
+                DataFusionError::Internal("a filter predicate is not boolean".into())
+            })?;
+            let out = datafusion::arrow::compute::filter_record_batch(&b, mask)?;
+            Ok(match &projection {
+                Some(p) => out.project(p)?,
+                None => out,
+            })
+        };
+        // Ends at `fetch` rows without reading further.
+        let stream = futures::stream::unfold((input, left), move |(mut input, left)| {
+            let filter = filter.clone();
+            async move {
+                if left == 0 {
+                    return None;
+                }
+                loop {
+                    let out = match input.next().await? {
+                        Ok(b) => filter(b),
+                        Err(e) => return Some((Err(e), (input, 0))),
+                    };
+                    match out {
+                        Ok(out) if out.num_rows() == 0 => continue,
+                        Ok(out) => {
+                            let out = out.slice(0, out.num_rows().min(left));
+                            let left = left - out.num_rows();
+                            return Some((Ok(out), (input, left)));
+                        }
+                        Err(e) => return Some((Err(e), (input, 0))),
+                    }
+                }
+            }
+        });
+        Ok(Box::pin(RecordBatchStreamAdapter::new(schema, stream)))
+    }
+}

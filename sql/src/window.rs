@@ -1,0 +1,530 @@
+//! Windows of continuous aggregations (ksqlDB's `WINDOW` clause).
+//!
+//! `SELECT ... FROM s WINDOW TUMBLING (SIZE 1 MINUTE [, GRACE PERIOD 10
+//! SECONDS]) [WHERE ...] GROUP BY k` is rewritten into plain SQL before
+//! planning: the source becomes a subquery that adds each row's event time
+//! (`__event_time`) and window bounds (`windowstart`, `windowend`), one row
+//! per window the record falls in (a hopping window's record is in several:
+//! `unnest` of their starts), and the window bounds join the `GROUP BY`.
+//! The same SQL without `EMIT CHANGES` is the batch query the maintained
+//! result must equal.
+//!
+//! Event time is the stream's `TIMESTAMP` column when it has one, else the
+//! record timestamp.
+
+use std::sync::Arc;
+
+use datafusion::arrow::array::{
+    Array, ArrayRef, AsArray, Int64Array, ListArray, TimestampMillisecondArray,
+};
+use datafusion::arrow::buffer::OffsetBuffer;
+use datafusion::arrow::compute::cast;
+use datafusion::arrow::datatypes::{DataType, Field, Int64Type, TimeUnit};
+use datafusion::common::{exec_err, Result, ScalarValue};
+use datafusion::logical_expr::{
+    ColumnarValue, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature, Volatility,
+};
+use datafusion::sql::sqlparser::dialect::PostgreSqlDialect;
+use datafusion::sql::sqlparser::tokenizer::{Token, Tokenizer};
+
+use crate::SqlError;
+
+/// The column a windowed source adds for each row's event time (ms).
+pub const EVENT_TIME: &str = "__event_time";
+pub const WINDOW_START: &str = "windowstart";
+pub const WINDOW_END: &str = "windowend";
+
+/// ksqlDB's default grace period.
+pub const DEFAULT_GRACE_MS: i64 = 24 * 3_600_000;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd)]
+pub enum WindowKind {
+    Tumbling,
+    Hopping { advance_ms: i64 },
+}
+
+/// A window clause.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd)]
+pub struct WindowSpec {
+    pub kind: WindowKind,
+    pub size_ms: i64,
+    /// Records later than this after their window's end are dropped.
+    pub grace_ms: i64,
+}
+
+fn tokens(sql: &str) -> Result<Vec<Token>, SqlError> {
+    Tokenizer::new(&PostgreSqlDialect {}, sql)
+        .tokenize()
+        .map_err(|e| SqlError::syntax(e.to_string()))
+}
+
+fn is_word(t: &Token, word: &str) -> bool {
+    matches!(t, Token::Word(w) if w.quote_style.is_none() && w.value.eq_ignore_ascii_case(word))
+}
+
+fn meaningful(t: &Token) -> bool {
+    !matches!(t, Token::Whitespace(_))
+}
+
+fn text(tokens: &[Token]) -> String {
+    tokens.iter().map(Token::to_string).collect()
+}
+
+/// A window query rewritten into plain SQL.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Windowed {
+    pub sql: String,
+    pub window: WindowSpec,
+}
+
+/// Rewrites a query with a top-level `WINDOW` clause (None without one).
+/// `event_time` gives the event-time expression of a source, by the name
+/// written after FROM.
+pub fn rewrite(
+    sql: &str,
+    event_time: impl Fn(&str) -> String,
+) -> Result<Option<Windowed>, SqlError> {
+    let all = tokens(sql)?;
+    // Top-level positions of FROM, WINDOW and GROUP BY.
+    let mut depth = 0;
+    let (mut from, mut window, mut group) = (None, None, None);
+    for (i, t) in all.iter().enumerate() {
+        match t {
+            Token::LParen => depth += 1,
+            Token::RParen => depth -= 1,
+            _ if depth == 0 && is_word(t, "FROM") && from.is_none() => from = Some(i),
+            _ if depth == 0 && is_word(t, "WINDOW") => window = Some(i),
+            _ if depth == 0 && is_word(t, "GROUP") => group = Some(i),
+            _ => {}
+        }
+    }
+    let Some(w) = window else {
+        return Ok(None);
+    };
+    let from = from.filter(|&f| f < w).ok_or_else(|| {
+        SqlError::syntax("WINDOW goes after FROM source: SELECT ... FROM s WINDOW TUMBLING (SIZE 1 MINUTE) GROUP BY k")
+    })?;
+    let group = group.filter(|&g| g > w).ok_or_else(|| {
+        SqlError::syntax("a WINDOW needs a GROUP BY (after WHERE): ... WINDOW TUMBLING (SIZE 1 MINUTE) GROUP BY k")
+    })?;
+    // The window spec: WINDOW <kind> ( ... ).
+    let spec_start = (w + 1..all.len())
+        .find(|&i| meaningful(&all[i]))
+        .ok_or_else(|| SqlError::syntax("WINDOW needs TUMBLING, HOPPING or SESSION"))?;
+    let open = (spec_start + 1..all.len())
+        .find(|&i| meaningful(&all[i]))
+        .filter(|&i| all[i] == Token::LParen)
+        .ok_or_else(|| SqlError::syntax("WINDOW TUMBLING (SIZE n UNIT): missing '('"))?;
+    let close = (open..all.len())
+        .find(|&i| all[i] == Token::RParen)
+        .ok_or_else(|| SqlError::syntax("WINDOW ...: missing ')'"))?;
+    let spec: Vec<&Token> = all[open + 1..close]
+        .iter()
+        .filter(|t| meaningful(t))
+        .collect();
+    let kind_word = &all[spec_start];
+    if !["TUMBLING", "HOPPING", "SESSION"]
+        .iter()
+        .any(|k| is_word(kind_word, k))
+    {
+        // Standard SQL's named windows (`WINDOW w AS (...)`): not ours.
+        return Ok(None);
+    }
+    let window = parse_spec(kind_word, &spec)?;
+
+    // The source: `name [[AS] alias]` between FROM and WINDOW.
+    let source: Vec<&Token> = all[from + 1..w].iter().filter(|t| meaningful(t)).collect();
+    let (name, alias) = split_alias(&source)?;
+    let ts = event_time(&name);
+    let size = window.size_ms;
+    let starts = match window.kind {
+        WindowKind::Tumbling => format!("sediment_window_start({ts}, {size})"),
+        WindowKind::Hopping { advance_ms } => {
+            format!("unnest(sediment_hop_starts({ts}, {size}, {advance_ms}))")
+        }
+    };
+    let subquery = format!(
+        "(SELECT *, sediment_window_end({WINDOW_START}, {size}) AS {WINDOW_END} \
+         FROM (SELECT *, sediment_epoch_ms({ts}) AS {EVENT_TIME}, {starts} AS {WINDOW_START} FROM {name}) AS __windowed) AS {alias}"
+    );
+    // GROUP BY's list ends at HAVING, EMIT, LIMIT, ORDER or the end.
+    let mut depth = 0;
+    let mut group_end = all.len();
+    for (i, t) in all.iter().enumerate().skip(group + 1) {
+        match t {
+            Token::LParen => depth += 1,
+            Token::RParen => depth -= 1,
+            _ if depth == 0
+                && ["HAVING", "EMIT", "LIMIT", "ORDER"]
+                    .iter()
+                    .any(|k| is_word(t, k)) =>
+            {
+                group_end = i;
+                break;
+            }
+            Token::SemiColon => {
+                group_end = i;
+                break;
+            }
+            _ => {}
+        }
+    }
+    let mut out = text(&all[..from + 1]);
+    out.push(' ');
+    out.push_str(&subquery);
+    out.push(' ');
+    out.push_str(text(&all[close + 1..group_end]).trim_end());
+    out.push_str(&format!(", {WINDOW_START}, {WINDOW_END} "));
+    out.push_str(&text(&all[group_end..]));
+    Ok(Some(Windowed {
+        sql: out.trim().to_string(),
+        window,
+    }))
+}
+
+fn split_alias(source: &[&Token]) -> Result<(String, String), SqlError> {
+    let bad = || {
+        SqlError::unsupported("a WINDOW over anything but one stream or topic (joins, subqueries)")
+    };
+    // name parts: word (. word)*
+    let mut i = 0;
+    let mut parts = Vec::new();
+    loop {
+        match source.get(i) {
+            Some(Token::Word(w)) => parts.push(w.to_string()),
+            _ => return Err(bad()),
+        }
+        i += 1;
+        if source.get(i) == Some(&&Token::Period) {
+            i += 1;
+            continue;
+        }
+        break;
+    }
+    let name = parts.join(".");
+    let rest = &source[i..];
+    let alias = match rest {
+        [] => parts.last().cloned().unwrap_or_default(),
+        [Token::Word(a)] => a.to_string(),
+        [k, Token::Word(a)] if is_word(k, "AS") => a.to_string(),
+        _ => return Err(bad()),
+    };
+    Ok((name, alias))
+}
+
+fn parse_spec(kind: &Token, spec: &[&Token]) -> Result<WindowSpec, SqlError> {
+    if is_word(kind, "SESSION") {
+        return Err(SqlError::unsupported("WINDOW SESSION (not built yet)")
+            .with_hint("TUMBLING and HOPPING windows are available"));
+    }
+    // Comma-separated clauses: `SIZE n unit`, `ADVANCE BY n unit`,
+    // `GRACE PERIOD n unit`, or for SESSION a bare `n unit`.
+    let clauses: Vec<&[&Token]> = spec.split(|t| **t == Token::Comma).collect();
+    let mut size = None;
+    let mut advance = None;
+    let mut grace = None;
+    for c in clauses {
+        match c {
+            [k, rest @ ..] if is_word(k, "SIZE") => size = Some(duration(rest)?),
+            [a, b, rest @ ..] if is_word(a, "ADVANCE") && is_word(b, "BY") => {
+                advance = Some(duration(rest)?)
+            }
+            [a, b, rest @ ..] if is_word(a, "GRACE") && is_word(b, "PERIOD") => {
+                grace = Some(duration(rest)?)
+            }
+            other => {
+                return Err(SqlError::syntax(format!(
+                    "unexpected '{}' in the WINDOW clause",
+                    other
+                        .iter()
+                        .map(|t| t.to_string())
+                        .collect::<Vec<_>>()
+                        .join(" ")
+                )))
+            }
+        }
+    }
+    let grace_ms = grace.unwrap_or(DEFAULT_GRACE_MS);
+    let size_of = |size: Option<i64>| {
+        size.filter(|&s| s > 0).ok_or_else(|| {
+            SqlError::syntax("the WINDOW needs a SIZE of n UNIT, e.g. SIZE 1 MINUTE")
+        })
+    };
+    if is_word(kind, "TUMBLING") {
+        if advance.is_some() {
+            return Err(SqlError::syntax("ADVANCE BY is for HOPPING windows"));
+        }
+        Ok(WindowSpec {
+            kind: WindowKind::Tumbling,
+            size_ms: size_of(size)?,
+            grace_ms,
+        })
+    } else if is_word(kind, "HOPPING") {
+        let size_ms = size_of(size)?;
+        let advance_ms =
+            advance.ok_or_else(|| SqlError::syntax("a HOPPING window needs ADVANCE BY n UNIT"))?;
+        if advance_ms > size_ms {
+            return Err(SqlError::invalid_option(
+                "a HOPPING window's ADVANCE BY cannot exceed its SIZE".to_string(),
+            ));
+        }
+        Ok(WindowSpec {
+            kind: WindowKind::Hopping { advance_ms },
+            size_ms,
+            grace_ms,
+        })
+    } else {
+        Err(SqlError::syntax(format!(
+            "unknown window '{kind}': TUMBLING, HOPPING or SESSION"
+        )))
+    }
+}
+
+/// `n UNIT` in milliseconds.
+fn duration(tokens: &[&Token]) -> Result<i64, SqlError> {
+    let bad = || {
+        SqlError::syntax(format!(
+            "expected a duration like '30 SECONDS', found '{}'",
+            tokens
+                .iter()
+                .map(|t| t.to_string())
+                .collect::<Vec<_>>()
+                .join(" ")
+        ))
+    };
+    let [Token::Number(n, _), Token::Word(unit)] = tokens else {
+        return Err(bad());
+    };
+    let n: i64 = n.parse().map_err(|_| bad())?;
+    let unit = unit.value.to_ascii_uppercase();
+    let ms = match unit.trim_end_matches('S') {
+        "MILLISECOND" => 1,
+        "SECOND" => 1_000,
+        "MINUTE" => 60_000,
+        "HOUR" => 3_600_000,
+        "DAY" => 86_400_000,
+        _ => return Err(bad()),
+    };
+    n.checked_mul(ms).filter(|&t| t >= 0).ok_or_else(bad)
+}
+
+/// Milliseconds since the epoch of a timestamp (any unit) or BIGINT array.
+fn epoch_ms(a: &ArrayRef) -> Result<Int64Array> {
+    let ms = match a.data_type() {
+        DataType::Int64 => a.clone(),
+        DataType::Timestamp(TimeUnit::Millisecond, _) => cast(a, &DataType::Int64)?,
+        DataType::Timestamp(_, tz) => cast(
+            &cast(a, &DataType::Timestamp(TimeUnit::Millisecond, tz.clone()))?,
+            &DataType::Int64,
+        )?,
+        other => return exec_err!("event time must be a TIMESTAMP or BIGINT (ms), not {other}"),
+    };
+    Ok(ms.as_primitive::<Int64Type>().clone())
+}
+
+fn utc_ms() -> DataType {
+    DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into()))
+}
+
+fn arg_arrays(args: &ScalarFunctionArgs) -> Result<Vec<ArrayRef>> {
+    let n = args.number_rows;
+    args.args.iter().map(|a| a.clone().into_array(n)).collect()
+}
+
+fn int_arg(args: &ScalarFunctionArgs, i: usize, name: &str) -> Result<i64> {
+    match args.args.get(i) {
+        Some(ColumnarValue::Scalar(ScalarValue::Int64(Some(v)))) if *v > 0 => Ok(*v),
+        _ => exec_err!(
+            "{name}: argument {} must be a positive BIGINT literal",
+            i + 1
+        ),
+    }
+}
+
+macro_rules! window_udf {
+    ($ty:ident, $name:literal, $args:literal, $ret:expr, $body:expr) => {
+        #[derive(Debug, PartialEq, Eq, Hash)]
+        pub struct $ty {
+            signature: Signature,
+        }
+
+        impl $ty {
+            pub fn udf() -> ScalarUDF {
+                ScalarUDF::from($ty {
+                    signature: Signature::any($args, Volatility::Immutable),
+                })
+            }
+        }
+
+        impl ScalarUDFImpl for $ty {
+            fn name(&self) -> &str {
+                $name
+            }
+            fn signature(&self) -> &Signature {
+                &self.signature
+            }
+            fn return_type(&self, _args: &[DataType]) -> Result<DataType> {
+                Ok($ret)
+            }
+            fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
+                let f: fn(ScalarFunctionArgs) -> Result<ArrayRef> = $body;
+                Ok(ColumnarValue::Array(f(args)?))
+            }
+        }
+    };
+}
+
+window_udf!(EpochMs, "sediment_epoch_ms", 1, DataType::Int64, |args| {
+    let a = arg_arrays(&args)?;
+    Ok(Arc::new(epoch_ms(&a[0])?))
+});
+
+window_udf!(WindowStart, "sediment_window_start", 2, utc_ms(), |args| {
+    let size = int_arg(&args, 1, "sediment_window_start")?;
+    let a = arg_arrays(&args)?;
+    let ts = epoch_ms(&a[0])?;
+    let out: TimestampMillisecondArray = ts
+        .iter()
+        .map(|t| t.map(|t| t - t.rem_euclid(size)))
+        .collect();
+    Ok(Arc::new(out.with_timezone("UTC")))
+});
+
+window_udf!(WindowEnd, "sediment_window_end", 2, utc_ms(), |args| {
+    let size = int_arg(&args, 1, "sediment_window_end")?;
+    let a = arg_arrays(&args)?;
+    let ts = epoch_ms(&a[0])?;
+    let out: TimestampMillisecondArray = ts.iter().map(|t| t.map(|t| t + size)).collect();
+    Ok(Arc::new(out.with_timezone("UTC")))
+});
+
+window_udf!(
+    HopStarts,
+    "sediment_hop_starts",
+    3,
+    DataType::List(Arc::new(Field::new_list_field(utc_ms(), true))),
+    |args| {
+        let size = int_arg(&args, 1, "sediment_hop_starts")?;
+        let advance = int_arg(&args, 2, "sediment_hop_starts")?;
+        let a = arg_arrays(&args)?;
+        let ts = epoch_ms(&a[0])?;
+        let mut values = Vec::new();
+        let mut offsets = vec![0i32];
+        for t in ts.iter() {
+            if let Some(t) = t {
+                // Every start s = k * advance with s <= t < s + size.
+                let last = t - t.rem_euclid(advance);
+                let mut s = last;
+                let mut starts = Vec::new();
+                while s > t - size {
+                    starts.push(s);
+                    s -= advance;
+                }
+                values.extend(starts.into_iter().rev());
+            }
+            offsets.push(i32::try_from(values.len()).unwrap_or(i32::MAX));
+        }
+        let values = TimestampMillisecondArray::from(values).with_timezone("UTC");
+        let field = Arc::new(Field::new_list_field(utc_ms(), true));
+        Ok(Arc::new(ListArray::try_new(
+            field,
+            OffsetBuffer::new(offsets.into()),
+            Arc::new(values),
+            ts.nulls().cloned(),
+        )?))
+    }
+);
+
+/// The window functions the rewrite uses.
+pub fn udfs() -> Vec<ScalarUDF> {
+    vec![
+        EpochMs::udf(),
+        WindowStart::udf(),
+        WindowEnd::udf(),
+        HopStarts::udf(),
+    ]
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn window_clauses_become_a_windowed_subquery() {
+        let w = rewrite(
+            "SELECT k, count(*) FROM trades WINDOW TUMBLING (SIZE 1 MINUTE, GRACE PERIOD 10 SECONDS) WHERE x > 1 GROUP BY k EMIT CHANGES",
+            |name| format!("{name}._timestamp"),
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(
+            w.window,
+            WindowSpec {
+                kind: WindowKind::Tumbling,
+                size_ms: 60_000,
+                grace_ms: 10_000
+            }
+        );
+        assert!(
+            w.sql
+                .contains("sediment_window_start(trades._timestamp, 60000)"),
+            "{}",
+            w.sql
+        );
+        assert!(w.sql.contains("AS trades"), "{}", w.sql);
+        assert!(
+            w.sql
+                .contains("WHERE x > 1 GROUP BY k, windowstart, windowend EMIT CHANGES"),
+            "{}",
+            w.sql
+        );
+        let w = rewrite(
+            "select k from topics.t as t window hopping (size 10 seconds, advance by 5 seconds) group by k",
+            |_| "\"timestamp\"".into(),
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(w.window.kind, WindowKind::Hopping { advance_ms: 5000 });
+        assert_eq!(w.window.grace_ms, DEFAULT_GRACE_MS);
+        assert!(
+            w.sql.contains("FROM topics.t) AS __windowed) AS t"),
+            "{}",
+            w.sql
+        );
+        assert!(
+            w.sql.ends_with("group by k, windowstart, windowend"),
+            "{}",
+            w.sql
+        );
+        assert_eq!(
+            rewrite("SELECT 1 FROM s GROUP BY k", |_| String::new()).unwrap(),
+            None
+        );
+        for (sql, code) in [
+            (
+                "SELECT k FROM s WINDOW SESSION (30 SECONDS) GROUP BY k",
+                "0A000",
+            ),
+            (
+                "SELECT k FROM s WINDOW TUMBLING (SIZE 1 FORTNIGHT) GROUP BY k",
+                "42601",
+            ),
+            ("SELECT k FROM s WINDOW TUMBLING (SIZE 1 MINUTE)", "42601"),
+            (
+                "SELECT k FROM s WINDOW HOPPING (SIZE 1 MINUTE) GROUP BY k",
+                "42601",
+            ),
+            (
+                "SELECT k FROM s JOIN t ON a = b WINDOW TUMBLING (SIZE 1 MINUTE) GROUP BY k",
+                "0A000",
+            ),
+        ] {
+            assert_eq!(
+                rewrite(sql, |_| String::new()).unwrap_err().code,
+                code,
+                "{sql}"
+            );
+        }
+    }
+}

@@ -1,0 +1,240 @@
+"""Push queries (`SELECT ... EMIT CHANGES`) through real Postgres clients.
+
+Rows produced with confluent-kafka after a push query started reach psycopg
+and psql while the query is still running: the tests produce one record,
+wait for its row, and only then produce the next (lockstep), so a server that
+held rows back until the query ended would stall them. Cancel requests and
+closed connections end the query, which then leaves `SHOW QUERIES`.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import threading
+import time
+
+import psycopg
+from psycopg import errors
+
+from helpers import producer, flush_all, unique, wait_for
+from test_sql import BASE_TS, connect, psql
+
+LOCKSTEP_TIMEOUT = 30
+
+
+def make_stream(broker, partitions: int = 2) -> tuple[str, str]:
+    topic = unique("push")
+    name = topic.replace("-", "_")
+    psql(broker, sql=f"CREATE STREAM {name} (user_id VARCHAR, amount DOUBLE, qty BIGINT) "
+                     f"WITH (KAFKA_TOPIC='{topic}', PARTITIONS={partitions})")
+    return topic, name
+
+
+def record(i: int) -> bytes:
+    return json.dumps({"user_id": f"u{i % 3}", "amount": i * 1.5, "qty": i}).encode()
+
+
+def produce_one(p, topic: str, i: int, partition: int = 0) -> None:
+    p.produce(topic, key=f"k{i}".encode(), value=record(i), partition=partition,
+              timestamp=BASE_TS + i)
+    flush_all(p)
+
+
+def running_queries(broker) -> list[tuple]:
+    with connect(broker) as conn:
+        return conn.execute("SHOW QUERIES").fetchall()
+
+
+def wait_listed(broker) -> None:
+    wait_for(lambda: any(q[1] == "PUSH" for q in running_queries(broker)),
+             timeout=LOCKSTEP_TIMEOUT, what="the push query in SHOW QUERIES")
+
+
+def readline(stream, timeout: float = LOCKSTEP_TIMEOUT) -> str:
+    out: list[str] = []
+    t = threading.Thread(target=lambda: out.append(stream.readline()), daemon=True)
+    t.start()
+    t.join(timeout)
+    if not out:
+        raise AssertionError(f"no line within {timeout} s")
+    return out[0]
+
+
+def test_psycopg_receives_rows_produced_after_the_push_query_started(broker):
+    topic, name = make_stream(broker)
+    p = producer(broker.bootstrap, **{"linger.ms": 0})
+    for i in range(5):  # history, which a push query from the latest offset skips
+        produce_one(p, topic, i)
+    got: list[tuple] = []
+    with connect(broker) as conn:
+        failed: list[BaseException] = []
+
+        def feed():
+            # Once the query runs: an odd record (filtered out) and an even
+            # one, and the next pair only after the even one's row arrived.
+            try:
+                wait_listed(broker)
+                for k in range(4):
+                    produce_one(p, topic, 101 + 2 * k, partition=k % 2)
+                    produce_one(p, topic, 100 + 2 * k, partition=k % 2)
+                    wait_for(lambda: len(got) > k, timeout=LOCKSTEP_TIMEOUT,
+                             what=f"the row of record {100 + 2 * k} while the query runs")
+            except BaseException as e:  # noqa: BLE001 - reported below
+                failed.append(e)
+                conn.cancel()
+        t = threading.Thread(target=feed, daemon=True)
+        t.start()
+        # psycopg's stream(): one row at a time, as the server sends them
+        for row in conn.cursor().stream(f"SELECT qty, user_id, _partition FROM {name} "
+                                        f"WHERE qty % 2 = 0 EMIT CHANGES LIMIT 4"):
+            got.append(row)
+        t.join(LOCKSTEP_TIMEOUT)
+        assert not failed, failed
+    assert got == [(q, f"u{q % 3}", k % 2) for k, q in enumerate((100, 102, 104, 106))], got
+    wait_for(lambda: not running_queries(broker), timeout=10,
+             what="the finished query to leave SHOW QUERIES")
+
+
+def test_earliest_replays_history_then_follows(broker):
+    topic, name = make_stream(broker, partitions=1)
+    p = producer(broker.bootstrap, **{"linger.ms": 0})
+    for i in range(50):
+        produce_one(p, topic, i)
+    with connect(broker) as conn:
+        conn.execute("SET 'auto.offset.reset' = 'earliest'")
+        result = {}
+
+        def run():
+            result["rows"] = conn.execute(
+                f"SELECT _offset, qty FROM {name} EMIT CHANGES LIMIT 55").fetchall()
+        t = threading.Thread(target=run)
+        t.start()
+        wait_listed(broker)
+        for i in range(50, 60):
+            produce_one(p, topic, i)
+        t.join(LOCKSTEP_TIMEOUT)
+        assert not t.is_alive()
+        assert result["rows"] == [(i, i) for i in range(55)]
+        assert conn.execute("UNSET 'auto.offset.reset'").statusmessage == "UNSET"
+        try:
+            conn.execute("SET 'auto.offset.reset' = 'sometimes'")
+            raise AssertionError("a bad property value was accepted")
+        except errors.InvalidParameterValue as e:
+            assert "earliest" in str(e)
+
+
+def test_psql_copy_prints_push_rows_as_they_come(broker):
+    topic, name = make_stream(broker)
+    p = producer(broker.bootstrap, **{"linger.ms": 0})
+    # stdbuf: psql writes COPY rows with stdio, which a pipe would buffer
+    proc = subprocess.Popen(
+        ["stdbuf", "-oL", "psql", broker.pg_dsn, "-X", "-v", "ON_ERROR_STOP=1", "-c",
+         f"COPY (SELECT qty, user_id FROM {name} EMIT CHANGES LIMIT 3) TO STDOUT WITH (FORMAT csv)"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_listed(broker)
+        lines = []
+        for i in (7, 8, 9):
+            produce_one(p, topic, i, partition=i % 2)
+            lines.append(readline(proc.stdout).strip())  # as soon as psql prints it
+        out, err = proc.communicate(timeout=LOCKSTEP_TIMEOUT)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert lines == ["7,u1", "8,u2", "9,u0"], (lines, err)
+    assert proc.returncode == 0, err
+
+
+def test_copy_of_a_bounded_query_and_refused_copies(broker):
+    topic, name = make_stream(broker, partitions=1)
+    p = producer(broker.bootstrap, **{"linger.ms": 0})
+    for i in range(3):
+        produce_one(p, topic, i)
+    out = psql(broker, sql=f"COPY (SELECT qty, user_id FROM {name} ORDER BY qty) TO STDOUT "
+                           f"WITH (FORMAT csv, HEADER)").stdout
+    assert out.splitlines() == ["qty,user_id", "0,u0", "1,u1", "2,u2"]
+    r = psql(broker, sql=f"COPY (SELECT 1) TO '/tmp/{name}.csv'", check=False)
+    assert r.returncode != 0 and "not allowed" in r.stderr, r.stderr
+    with connect(broker) as conn:
+        try:
+            conn.execute(f"SELECT user_id FROM {name} ORDER BY user_id EMIT CHANGES")
+            raise AssertionError("a push query with ORDER BY was accepted")
+        except errors.FeatureNotSupported as e:
+            assert "SortExec" in str(e), e
+            assert "ORDER BY" in (e.diag.message_hint or ""), e.diag.message_hint
+
+
+def test_an_aggregating_push_query_emits_each_groups_new_value(broker):
+    topic, name = make_stream(broker)
+    p = producer(broker.bootstrap, **{"linger.ms": 0})
+    for i in range(6):  # history: counted with 'earliest'
+        produce_one(p, topic, i, partition=i % 2)
+    # history 0..5: u0 {0, 3}, u1 {1, 4}, u2 {2, 5}: (user, count, sum)
+    history = {"u0": ("u0", 2, 3), "u1": ("u1", 2, 5), "u2": ("u2", 2, 7)}
+    got: list[tuple] = []
+    live_from: list[int] = []
+    failed: list[BaseException] = []
+    with connect(broker) as conn:
+        conn.execute("SET 'auto.offset.reset' = 'earliest'")
+
+        def feed():
+            # Once every group shows its history, one record at a time:
+            # each brings one row, the new count and sum of its user.
+            try:
+                wait_for(lambda: {r[0]: r for r in got} == history, timeout=LOCKSTEP_TIMEOUT,
+                         what="the history's groups", status=lambda: str(got))
+                live_from.append(len(got))
+                for k, i in enumerate((6, 7, 9)):
+                    produce_one(p, topic, i, partition=i % 2)
+                    wait_for(lambda: len(got) > live_from[0] + k, timeout=LOCKSTEP_TIMEOUT,
+                             what=f"the change of record {i}")
+            except BaseException as e:  # noqa: BLE001 - reported below
+                failed.append(e)
+            conn.cancel()
+        t = threading.Thread(target=feed, daemon=True)
+        t.start()
+        try:
+            for row in conn.cursor().stream(f"SELECT user_id, count(*) AS n, sum(qty) AS total "
+                                            f"FROM {name} GROUP BY user_id EMIT CHANGES"):
+                got.append(row)
+        except errors.QueryCanceled:
+            pass
+        t.join(LOCKSTEP_TIMEOUT)
+    assert not failed, failed
+    assert got[live_from[0]:] == [("u0", 3, 9), ("u1", 3, 12), ("u0", 4, 18)], got
+
+
+def test_cancel_and_a_closed_connection_end_a_push_query(broker):
+    _, name = make_stream(broker)
+    with connect(broker) as conn:
+        result = {}
+
+        def run():
+            try:
+                conn.execute(f"SELECT * FROM {name} EMIT CHANGES")
+            except Exception as e:  # noqa: BLE001 - the test inspects it
+                result["error"] = e
+        t = threading.Thread(target=run)
+        t.start()
+        wait_for(lambda: len(running_queries(broker)) == 1, timeout=LOCKSTEP_TIMEOUT,
+                 what="the push query in SHOW QUERIES")
+        conn.cancel()
+        t.join(LOCKSTEP_TIMEOUT)
+        assert not t.is_alive(), "the push query did not stop after a cancel request"
+        assert isinstance(result.get("error"), errors.QueryCanceled), result
+        assert conn.execute("SELECT 1").fetchone() == (1,)
+    wait_for(lambda: not running_queries(broker), timeout=10, what="the cancelled query to leave SHOW QUERIES")
+
+    # A client that goes away while its query waits for rows: the server
+    # notices on its next probe of the idle connection and ends the query.
+    pgconn = psycopg.pq.PGconn.connect(broker.pg_dsn.encode())
+    assert pgconn.status == psycopg.pq.ConnStatus.OK, pgconn.error_message
+    pgconn.send_query(f"SELECT * FROM {name} EMIT CHANGES".encode())
+    while pgconn.flush():
+        time.sleep(0.01)
+    wait_for(lambda: len(running_queries(broker)) == 1, timeout=LOCKSTEP_TIMEOUT,
+             what="the push query in SHOW QUERIES")
+    pgconn.finish()
+    wait_for(lambda: not running_queries(broker), timeout=15,
+             what="the push query of a closed connection to end")
