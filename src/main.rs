@@ -170,6 +170,16 @@ async fn serve(args: ServeArgs) -> Result<()> {
     engine.set_groups(Arc::new(Groups(groups.clone())));
     sediment_pgwire::install_pg_catalog(&engine)
         .map_err(|e| anyhow::anyhow!("setting up pg_catalog: {e}"))?;
+    let restarted = engine
+        .start_persistent_queries()
+        .await
+        .map_err(|e| anyhow::anyhow!("starting persistent queries: {}", e.message))?;
+    if restarted > 0 {
+        tracing::info!(
+            queries = restarted,
+            "persistent queries restarted from the earliest offset"
+        );
+    }
     let pg_listener = tokio::net::TcpListener::bind(settings.pg_addr)
         .await
         .with_context(|| format!("binding the Postgres listener on {}", settings.pg_addr))?;

@@ -29,6 +29,7 @@ use sediment_tiering::Archive;
 pub mod continuous;
 pub mod functions;
 pub mod insert;
+pub mod persistent;
 pub mod push;
 pub mod ranges;
 pub mod statements;
@@ -54,6 +55,7 @@ pub struct Engine {
     decode_errors: Arc<DecodeErrors>,
     groups: OnceLock<Arc<dyn GroupSource>>,
     queries: Arc<push::Queries>,
+    persistent: Arc<persistent::Persistent>,
 }
 
 impl fmt::Debug for Engine {
@@ -114,6 +116,7 @@ impl Engine {
                 .map_err(|e| SqlError::new("58030", e.to_string()))?,
         );
         let decode_errors = Arc::new(DecodeErrors::default());
+        let persistent = Arc::new(persistent::Persistent::new(&data_dir));
         let engine = Arc::new_cyclic(|weak: &Weak<Engine>| {
             let catalog = MemoryCatalogProvider::new();
             let _ = catalog.register_schema(
@@ -133,6 +136,7 @@ impl Engine {
                     errors: decode_errors.clone(),
                     other: MemorySchemaProvider::new(),
                     tail: None,
+                    persistent: persistent.clone(),
                 }),
             );
             let _ = catalog.register_schema(
@@ -150,6 +154,7 @@ impl Engine {
                 decode_errors,
                 groups: OnceLock::new(),
                 queries: Arc::default(),
+                persistent,
             }
         });
         Ok(engine)
@@ -262,12 +267,15 @@ struct StreamsSchema {
     other: MemorySchemaProvider,
     /// Streams that follow the log, for push queries.
     tail: Option<OffsetReset>,
+    /// Tables maintained by persistent queries.
+    persistent: Arc<persistent::Persistent>,
 }
 
 #[async_trait]
 impl SchemaProvider for StreamsSchema {
     fn table_names(&self) -> Vec<String> {
         let mut names = self.streams.names();
+        names.extend(self.persistent.table_names());
         names.extend(self.other.table_names());
         names.sort();
         names
@@ -284,6 +292,9 @@ impl SchemaProvider for StreamsSchema {
                 self.errors.clone(),
             ))));
         }
+        if let Some(t) = self.persistent.table(name) {
+            return Ok(Some(t));
+        }
         self.other.table(name).await
     }
 
@@ -292,9 +303,9 @@ impl SchemaProvider for StreamsSchema {
         name: String,
         table: Arc<dyn TableProvider>,
     ) -> Result<Option<Arc<dyn TableProvider>>> {
-        if self.streams.get(&name).is_some() {
+        if self.streams.get(&name).is_some() || self.persistent.table(&name).is_some() {
             return Err(DataFusionError::Plan(format!(
-                "'{name}' is a stream: DROP STREAM {name} first"
+                "'{name}' is a stream or a table: DROP it first"
             )));
         }
         self.other.register_table(name, table)
@@ -305,7 +316,9 @@ impl SchemaProvider for StreamsSchema {
     }
 
     fn table_exist(&self, name: &str) -> bool {
-        self.streams.get(name).is_some() || self.other.table_exist(name)
+        self.streams.get(name).is_some()
+            || self.persistent.table(name).is_some()
+            || self.other.table_exist(name)
     }
 }
 

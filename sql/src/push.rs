@@ -393,13 +393,14 @@ impl Queries {
     /// its stream is: the query ended, was cancelled, or lost its client).
     fn start(
         self: &Arc<Self>,
+        id: Option<&str>,
         sql: &str,
         late: Arc<LateRecords>,
     ) -> (Arc<RunningQuery>, QueryGuard) {
         let n = self.next.fetch_add(1, Ordering::Relaxed) + 1;
         let q = Arc::new(RunningQuery {
-            id: format!("push_{n}"),
-            kind: "PUSH",
+            id: id.map_or_else(|| format!("push_{n}"), str::to_string),
+            kind: if id.is_some() { "PERSISTENT" } else { "PUSH" },
             sql: sql.to_string(),
             started_ms: sediment_log::now_ms(),
             rows: AtomicU64::new(0),
@@ -461,6 +462,7 @@ impl Engine {
                 errors: self.decode_errors.clone(),
                 other: datafusion::catalog::MemorySchemaProvider::new(),
                 tail: Some(start),
+                persistent: self.persistent.clone(),
             }),
         );
         ctx.register_catalog(CATALOG, Arc::new(catalog));
@@ -470,6 +472,17 @@ impl Engine {
     /// Plans and starts `q`: with `EMIT CHANGES` over tables that follow
     /// the log (from where `props` says), otherwise as any query.
     pub async fn push(&self, q: &PushQuery, props: &Properties) -> Result<PushStream, SqlError> {
+        self.push_as(q, props, None).await
+    }
+
+    /// [`Engine::push`], listed in `sediment.queries` under `id` (a
+    /// persistent query) rather than as a push query.
+    pub(crate) async fn push_as(
+        &self,
+        q: &PushQuery,
+        props: &Properties,
+        id: Option<&str>,
+    ) -> Result<PushStream, SqlError> {
         let first = q
             .sql
             .split_whitespace()
@@ -537,7 +550,7 @@ impl Engine {
         })?;
         if q.changes {
             // Listed while it runs; each batch counts its rows.
-            let (running, guard) = self.queries.start(&q.sql, late);
+            let (running, guard) = self.queries.start(id, &q.sql, late);
             let counted = stream.map(move |b| {
                 let _held = &guard;
                 if let Ok(b) = &b {

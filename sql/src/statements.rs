@@ -36,6 +36,12 @@ pub enum Custom {
         if_exists: bool,
         delete_topic: bool,
     },
+    /// `CREATE STREAM|TABLE ... AS SELECT` (a persistent query).
+    CreateAs(crate::persistent::CreateAs),
+    /// `TERMINATE <query id>`.
+    Terminate(String),
+    /// `DROP TABLE [IF EXISTS] t` of a table a persistent query maintains.
+    DropTable { name: String, if_exists: bool },
 }
 
 /// What to do with one statement.
@@ -101,8 +107,11 @@ fn leading_words(sql: &str, n: usize) -> Vec<String> {
 pub fn is_custom(sql: &str) -> bool {
     let w = leading_words(sql, 2);
     let w: Vec<&str> = w.iter().map(String::as_str).collect();
-    matches!(w.as_slice(), ["CREATE", "STREAM"] | ["DROP", "STREAM"])
-        || push::parse_set(sql).is_ok_and(|s| s.is_some())
+    matches!(
+        w.as_slice(),
+        ["CREATE", "STREAM"] | ["DROP", "STREAM"] | ["TERMINATE", _]
+    ) || push::parse_set(sql).is_ok_and(|s| s.is_some())
+        || crate::persistent::parse_create_as(sql).is_ok_and(|c| c.is_some())
 }
 
 fn quote_literal(s: &str) -> String {
@@ -135,12 +144,32 @@ impl Engine {
         if let Some(set) = push::parse_set(sql)? {
             return Ok(Prepared::Set(set));
         }
+        if let Some(c) = crate::persistent::parse_create_as(sql)? {
+            return Ok(Prepared::Custom(Custom::CreateAs(c)));
+        }
         if let Some(q) = push::parse(sql)? {
             return Ok(Prepared::Push(q));
         }
-        let words = leading_words(sql, 3);
+        let words = leading_words(sql, 5);
         let w: Vec<&str> = words.iter().map(String::as_str).collect();
         match w.as_slice() {
+            ["TERMINATE", id] => Ok(Prepared::Custom(Custom::Terminate(id.to_string()))),
+            ["DROP", "TABLE", "IF", "EXISTS", name]
+                if self.persistent.table(&name.to_ascii_lowercase()).is_some() =>
+            {
+                Ok(Prepared::Custom(Custom::DropTable {
+                    name: name.to_string(),
+                    if_exists: true,
+                }))
+            }
+            ["DROP", "TABLE", name]
+                if self.persistent.table(&name.to_ascii_lowercase()).is_some() =>
+            {
+                Ok(Prepared::Custom(Custom::DropTable {
+                    name: name.to_string(),
+                    if_exists: false,
+                }))
+            }
             ["CREATE", "STREAM", ..] => self.parse_create_stream(sql).map(Prepared::Custom),
             ["DROP", "STREAM", ..] => parse_drop_stream(sql).map(Prepared::Custom),
             ["SHOW", "STREAMS"] => Ok(Prepared::Sql(
@@ -406,6 +435,9 @@ impl Engine {
     /// Runs one of Sediment's statements; the command tag for the client.
     pub async fn run(&self, c: Custom) -> Result<String, SqlError> {
         match c {
+            Custom::CreateAs(c) => self.create_as(c).await,
+            Custom::Terminate(id) => self.terminate(&id),
+            Custom::DropTable { name, if_exists } => self.drop_table(&name, if_exists),
             Custom::CreateStream {
                 def,
                 if_not_exists,
@@ -467,6 +499,8 @@ impl Engine {
                 if_exists,
                 delete_topic,
             } => {
+                // A stream a persistent query writes: stop the query first.
+                self.stop_writer(&name)?;
                 let dropped = self
                     .streams
                     .drop_stream(&name)

@@ -1002,3 +1002,121 @@ async fn late_records_are_dropped_and_final_windows_emit_once() {
     let late = queries[0].column(0).as_primitive::<Int64Type>().value(0);
     assert_eq!(late, 1);
 }
+
+/// CREATE TABLE AS maintains a table that pull queries read and writes
+/// its changelog to a topic; CREATE STREAM AS writes a stream; both are
+/// listed, survive a restart (rebuilt from the earliest offset), and
+/// TERMINATE / DROP stop them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn persistent_queries_maintain_tables_and_streams() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().to_path_buf();
+    let wait = |f: &Fixture, sql: String, want: i64| {
+        let engine = f.engine.clone();
+        async move {
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+            loop {
+                let got = match engine.execute(&sql).await {
+                    Ok(Outcome::Rows(_, b))
+                        if b.iter().map(RecordBatch::num_rows).sum::<usize>() == 1 =>
+                    {
+                        let c = datafusion::arrow::compute::cast(
+                            b.iter().find(|b| b.num_rows() == 1).unwrap().column(0),
+                            &datafusion::arrow::datatypes::DataType::Int64,
+                        )
+                        .unwrap();
+                        Some(c.as_primitive::<Int64Type>().value(0))
+                    }
+                    _ => None,
+                };
+                if got == Some(want) {
+                    return;
+                }
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "{sql}: {got:?}, want {want}"
+                );
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+        }
+    };
+    {
+        let f = fixture_at(&path, None);
+        f.engine
+            .execute("CREATE STREAM trades (user_id VARCHAR, amount DOUBLE) WITH (KAFKA_TOPIC='trades', PARTITIONS=2)")
+            .await
+            .unwrap();
+        let values: Vec<String> = (0..100).map(json).collect();
+        produce(&f, "trades", 0, &values, f.t0);
+        f.engine
+            .execute(
+                "CREATE TABLE totals AS SELECT user_id, count(*) AS n, sum(amount) AS total \
+                 FROM trades GROUP BY user_id EMIT CHANGES",
+            )
+            .await
+            .unwrap();
+        f.engine
+            .execute("CREATE STREAM big WITH (PARTITIONS=1) AS SELECT user_id, amount FROM trades WHERE amount >= 95")
+            .await
+            .unwrap();
+        // Pull queries see the history, then new records.
+        wait(&f, "SELECT n FROM totals WHERE user_id = 'u3'".into(), 20).await;
+        let more: Vec<String> = (100..110).map(json).collect();
+        produce(&f, "trades", 1, &more, f.t0 + 100);
+        wait(&f, "SELECT n FROM totals WHERE user_id = 'u3'".into(), 22).await;
+        wait(&f, "SELECT count(*) FROM totals".into(), 5).await;
+        wait(
+            &f,
+            "SELECT sum(total) FROM totals".into(),
+            (0..110).sum::<i64>(),
+        )
+        .await;
+        // The output stream is a stream; the changelog a topic.
+        wait(&f, "SELECT count(*) FROM big".into(), 15).await;
+        wait(
+            &f,
+            "SELECT count(DISTINCT key) FROM topics.totals".into(),
+            5,
+        )
+        .await;
+        let queries = row_strings(&rows(&f, "SHOW QUERIES").await);
+        assert!(
+            queries
+                .iter()
+                .any(|q| q.starts_with("CTAS_TOTALS|PERSISTENT")),
+            "{queries:?}"
+        );
+        assert!(
+            queries.iter().any(|q| q.starts_with("CSAS_BIG|PERSISTENT")),
+            "{queries:?}"
+        );
+        f.engine.stop_persistent_queries();
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        f.log.shutdown().unwrap();
+    }
+    // After a restart the queries run again and rebuild the table.
+    let f = fixture_at(&path, Some(dir));
+    assert_eq!(f.engine.start_persistent_queries().await.unwrap(), 2);
+    wait(&f, "SELECT n FROM totals WHERE user_id = 'u3'".into(), 22).await;
+    let tag = |o: Outcome| match o {
+        Outcome::Command(c) => c,
+        Outcome::Rows(..) => panic!("rows, not a command"),
+    };
+    assert_eq!(
+        tag(f.engine.execute("TERMINATE csas_big").await.unwrap()),
+        "TERMINATE"
+    );
+    assert_eq!(
+        tag(f.engine.execute("DROP TABLE totals").await.unwrap()),
+        "DROP TABLE"
+    );
+    assert!(f.engine.execute("SELECT * FROM totals").await.is_err());
+    let e = f.engine.execute("TERMINATE nope").await.unwrap_err();
+    assert_eq!(e.code, "42704");
+    let e = f
+        .engine
+        .execute("CREATE TABLE bad AS SELECT user_id FROM trades")
+        .await
+        .unwrap_err();
+    assert_eq!(e.code, "42601", "{e:?}");
+}

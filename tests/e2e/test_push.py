@@ -17,7 +17,7 @@ import time
 import psycopg
 from psycopg import errors
 
-from helpers import producer, flush_all, unique, wait_for
+from helpers import consume_partition, flush_all, producer, unique, wait_for
 from test_sql import BASE_TS, connect, psql
 
 LOCKSTEP_TIMEOUT = 30
@@ -238,3 +238,47 @@ def test_cancel_and_a_closed_connection_end_a_push_query(broker):
     pgconn.finish()
     wait_for(lambda: not running_queries(broker), timeout=15,
              what="the push query of a closed connection to end")
+
+
+def test_persistent_queries_feed_tables_topics_and_survive_a_restart(broker):
+    topic, name = make_stream(broker, partitions=1)
+    p = producer(broker.bootstrap, **{"linger.ms": 0})
+    for i in range(9):
+        produce_one(p, topic, i)
+    table, out = f"{name}_totals", f"{name}_big"
+    assert "CREATE TABLE" in psql(broker, sql=f"CREATE TABLE {table} AS SELECT user_id, count(*) AS n, "
+                                              f"sum(qty) AS total FROM {name} GROUP BY user_id EMIT CHANGES").stdout
+    assert "CREATE STREAM" in psql(broker, sql=f"CREATE STREAM {out} AS SELECT user_id, qty FROM {name} "
+                                               f"WHERE qty >= 6 EMIT CHANGES").stdout
+
+    def pull(sql: str):
+        with connect(broker) as conn:
+            return conn.execute(sql).fetchall()
+
+    # pull queries on the table; the history (0..8) is counted
+    wait_for(lambda: pull(f"SELECT n, total FROM {table} WHERE user_id = 'u0'") == [(3, 9)],
+             timeout=LOCKSTEP_TIMEOUT, what="the table's row for u0",
+             status=lambda: str(pull(f"SELECT * FROM {table}")))
+    produce_one(p, topic, 12)  # u0 again
+    wait_for(lambda: pull(f"SELECT n, total FROM {table} WHERE user_id = 'u0'") == [(4, 21)],
+             timeout=LOCKSTEP_TIMEOUT, what="the new record in the table")
+    # the output stream is a stream (SQL) and a topic (Kafka)
+    wait_for(lambda: pull(f"SELECT qty FROM {out} ORDER BY qty") == [(6,), (7,), (8,), (12,)],
+             timeout=LOCKSTEP_TIMEOUT, what="the persistent stream's rows")
+    msgs = consume_partition(broker.bootstrap, out, 0, 4)
+    assert [json.loads(m.value())["qty"] for m in msgs] == [6, 7, 8, 12]
+    # the changelog: each change of a group, keyed by the group
+    changelog = pull(f"SELECT key FROM topics.{table}")
+    assert {bytes(k[0]) for k in changelog} == {b"u0", b"u1", b"u2"}, changelog
+    queries = {q[0]: q for q in running_queries(broker)}
+    assert {f"CTAS_{table.upper()}", f"CSAS_{out.upper()}"} <= set(queries), queries
+
+    # after a restart the table is rebuilt from the log
+    broker.restart(clean=True)
+    wait_for(lambda: pull(f"SELECT n, total FROM {table} WHERE user_id = 'u0'") == [(4, 21)],
+             timeout=LOCKSTEP_TIMEOUT, what="the table rebuilt after a restart")
+    assert "TERMINATE" in psql(broker, sql=f"TERMINATE CSAS_{out.upper()}").stdout
+    assert "DROP TABLE" in psql(broker, sql=f"DROP TABLE {table}").stdout
+    wait_for(lambda: not running_queries(broker), timeout=10, what="no query left")
+    r = psql(broker, sql=f"SELECT * FROM {table}", check=False)
+    assert r.returncode != 0 and "does not exist" in r.stderr, r.stderr

@@ -1,0 +1,726 @@
+//! Persistent queries, ksqlDB-style: push queries the server runs on its
+//! own, durably defined, writing their results to topics.
+//!
+//! - `CREATE STREAM out [WITH (KAFKA_TOPIC='t', PARTITIONS=n)] AS SELECT
+//!   ... FROM s [WHERE ...] [EMIT CHANGES]`: every result row becomes a
+//!   JSON record on topic `out`, and `out` is a stream like any other.
+//! - `CREATE TABLE t [WITH (...)] AS SELECT k, COUNT(*), ... FROM s
+//!   [WINDOW ...] GROUP BY k [EMIT CHANGES]`: the table is kept up to date
+//!   in memory (pull queries read it: `SELECT * FROM t WHERE k = 'x'`) and
+//!   its changelog (each group's new row, keyed by the group) goes to topic
+//!   `t`. Windowed tables always carry `windowstart` and `windowend`.
+//! - `SHOW QUERIES`, `TERMINATE <query id>`, `DROP TABLE t` / `DROP STREAM
+//!   out` (which terminate the query writing them).
+//!
+//! Definitions live in `<data_dir>/sql/queries.json`. A persistent query
+//! starts from the earliest offset, and on restart it starts again from
+//! there, rebuilding its table (state is not checkpointed yet, so a
+//! restart appends the changelog or output stream again).
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use datafusion::arrow::array::{ArrayRef, RecordBatch, StringArray};
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use datafusion::arrow::util::display::array_value_to_string;
+use datafusion::catalog::{Session, TableProvider};
+use datafusion::common::{Result, ScalarValue};
+use datafusion::datasource::memory::MemorySourceConfig;
+use datafusion::datasource::sink::DataSink;
+use datafusion::datasource::TableType;
+use datafusion::logical_expr::{Expr, LogicalPlan};
+use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
+use datafusion::physical_plan::ExecutionPlan;
+use futures::StreamExt;
+use parking_lot::Mutex;
+use serde::{Deserialize, Serialize};
+use tokio_util::sync::CancellationToken;
+
+use crate::push::PushQuery;
+use crate::stream::{ColumnDef, StreamDef, PSEUDO_COLUMNS};
+use crate::topic_table::OffsetReset;
+use crate::window::{WINDOW_END, WINDOW_START};
+use crate::{Engine, Properties, SqlError};
+
+const QUERIES_FORMAT: &str = "sediment-persistent-queries";
+const QUERIES_VERSION: u32 = 1;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Kind {
+    Stream,
+    Table,
+}
+
+/// A persistent query's durable definition.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QueryDef {
+    /// `CSAS_<NAME>` or `CTAS_<NAME>`.
+    pub id: String,
+    pub kind: Kind,
+    /// The stream or table it writes.
+    pub name: String,
+    pub topic: String,
+    pub partitions: i32,
+    /// The query (no `EMIT`).
+    pub sql: String,
+    pub created_ms: i64,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct QueriesFile {
+    format: String,
+    version: u32,
+    queries: Vec<QueryDef>,
+}
+
+/// A running persistent query.
+struct Running {
+    def: QueryDef,
+    stop: CancellationToken,
+    table: Option<Arc<MaterializedTable>>,
+}
+
+/// Persistent queries: definitions (durable) and the running ones.
+pub struct Persistent {
+    path: PathBuf,
+    running: Mutex<BTreeMap<String, Running>>,
+}
+
+impl fmt::Debug for Persistent {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Persistent")
+            .field("path", &self.path)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Persistent {
+    pub fn new(data_dir: &Path) -> Self {
+        Persistent {
+            path: data_dir.join("sql").join("queries.json"),
+            running: Mutex::new(BTreeMap::new()),
+        }
+    }
+
+    fn load(&self) -> Result<Vec<QueryDef>, SqlError> {
+        match std::fs::read(&self.path) {
+            Ok(bytes) => {
+                let bad =
+                    |r: String| SqlError::new("XX001", format!("{}: {r}", self.path.display()));
+                let file: QueriesFile =
+                    serde_json::from_slice(&bytes).map_err(|e| bad(e.to_string()))?;
+                if file.format != QUERIES_FORMAT || file.version > QUERIES_VERSION {
+                    return Err(bad(format!(
+                        "format '{}' version {} is not one this build reads",
+                        file.format, file.version
+                    )));
+                }
+                Ok(file.queries)
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+            Err(e) => Err(SqlError::new(
+                "58030",
+                format!("{}: {e}", self.path.display()),
+            )),
+        }
+    }
+
+    fn persist(&self, running: &BTreeMap<String, Running>) -> Result<(), SqlError> {
+        let file = QueriesFile {
+            format: QUERIES_FORMAT.into(),
+            version: QUERIES_VERSION,
+            queries: running.values().map(|r| r.def.clone()).collect(),
+        };
+        let io =
+            |e: std::io::Error| SqlError::new("58030", format!("{}: {e}", self.path.display()));
+        if let Some(dir) = self.path.parent() {
+            std::fs::create_dir_all(dir).map_err(io)?;
+        }
+        let bytes =
+            serde_json::to_vec_pretty(&file).map_err(|e| SqlError::internal(e.to_string()))?;
+        sediment_log::frame::write_atomic(&self.path, &bytes).map_err(io)
+    }
+
+    /// The materialized table `name`, if a persistent query maintains it.
+    pub fn table(&self, name: &str) -> Option<Arc<MaterializedTable>> {
+        self.running.lock().get(name).and_then(|r| r.table.clone())
+    }
+
+    pub fn table_names(&self) -> Vec<String> {
+        self.running
+            .lock()
+            .values()
+            .filter(|r| r.def.kind == Kind::Table)
+            .map(|r| r.def.name.clone())
+            .collect()
+    }
+
+    pub fn definitions(&self) -> Vec<QueryDef> {
+        self.running
+            .lock()
+            .values()
+            .map(|r| r.def.clone())
+            .collect()
+    }
+
+    /// Stops and forgets the query writing `name`; its definition.
+    fn remove(&self, name: &str) -> Result<Option<QueryDef>, SqlError> {
+        let mut running = self.running.lock();
+        let Some(r) = running.remove(name) else {
+            return Ok(None);
+        };
+        r.stop.cancel();
+        if let Err(e) = self.persist(&running) {
+            running.insert(name.to_string(), r);
+            return Err(e);
+        }
+        Ok(Some(r.def))
+    }
+
+    /// Stops every running query, keeping the definitions (shutdown).
+    pub fn stop_all(&self) {
+        for r in self.running.lock().values() {
+            r.stop.cancel();
+        }
+    }
+
+    fn by_id(&self, id: &str) -> Option<String> {
+        self.running
+            .lock()
+            .values()
+            .find(|r| r.def.id.eq_ignore_ascii_case(id))
+            .map(|r| r.def.name.clone())
+    }
+}
+
+/// A persistent query's statement, parsed.
+#[derive(Debug, Clone)]
+pub struct CreateAs {
+    pub kind: Kind,
+    pub name: String,
+    pub topic: Option<String>,
+    pub partitions: Option<i32>,
+    pub query: PushQuery,
+}
+
+/// `CREATE STREAM|TABLE name [WITH (...)] AS <query>`; None for other
+/// statements.
+pub fn parse_create_as(sql: &str) -> Result<Option<CreateAs>, SqlError> {
+    use datafusion::sql::sqlparser::dialect::PostgreSqlDialect;
+    use datafusion::sql::sqlparser::tokenizer::{Token, Tokenizer};
+    let tokens = Tokenizer::new(&PostgreSqlDialect {}, sql)
+        .tokenize()
+        .map_err(|e| SqlError::syntax(e.to_string()))?;
+    let idx: Vec<usize> = (0..tokens.len())
+        .filter(|&i| !matches!(tokens[i], Token::Whitespace(_)))
+        .collect();
+    let word = |k: usize, w: &str| {
+        idx.get(k).is_some_and(|&i| {
+            matches!(&tokens[i], Token::Word(x) if x.quote_style.is_none() && x.value.eq_ignore_ascii_case(w))
+        })
+    };
+    let kind = if word(0, "CREATE") && word(1, "STREAM") {
+        Kind::Stream
+    } else if word(0, "CREATE") && word(1, "TABLE") {
+        Kind::Table
+    } else {
+        return Ok(None);
+    };
+    let Some(Token::Word(name)) = idx.get(2).map(|&i| &tokens[i]) else {
+        return Ok(None);
+    };
+    let name = name.value.clone();
+    // Optional WITH (k = v, ...), then AS.
+    let mut k = 3;
+    let mut topic = None;
+    let mut partitions = None;
+    if word(k, "WITH") {
+        let open = idx
+            .get(k + 1)
+            .copied()
+            .filter(|&i| tokens[i] == Token::LParen);
+        let Some(open) = open else {
+            return Ok(None);
+        };
+        let close = (open..tokens.len())
+            .find(|&i| tokens[i] == Token::RParen)
+            .ok_or_else(|| SqlError::syntax("WITH (...): missing ')'"))?;
+        let inner: Vec<&Token> = tokens[open + 1..close]
+            .iter()
+            .filter(|t| !matches!(t, Token::Whitespace(_)))
+            .collect();
+        for option in inner.split(|t| **t == Token::Comma) {
+            match option {
+                [Token::Word(key), Token::Eq, value] => {
+                    let v = match value {
+                        Token::SingleQuotedString(s) | Token::Number(s, _) => s.clone(),
+                        Token::Word(w) => w.value.clone(),
+                        other => other.to_string(),
+                    };
+                    match key.value.to_ascii_uppercase().as_str() {
+                        "KAFKA_TOPIC" => topic = Some(v),
+                        "PARTITIONS" => {
+                            partitions = Some(v.parse::<i32>().ok().filter(|n| *n >= 1).ok_or_else(
+                                || SqlError::invalid_option(format!("PARTITIONS must be a positive integer, not {v}")),
+                            )?)
+                        }
+                        "VALUE_FORMAT" if v.eq_ignore_ascii_case("JSON") => {}
+                        other => {
+                            return Err(SqlError::invalid_option(format!(
+                                "unknown option {other} for CREATE ... AS SELECT: use KAFKA_TOPIC, PARTITIONS or VALUE_FORMAT='JSON'"
+                            )))
+                        }
+                    }
+                }
+                _ => return Err(SqlError::syntax("WITH options are KEY = 'value', ...")),
+            }
+        }
+        k = idx.iter().position(|&i| i > close).unwrap_or(idx.len());
+    }
+    if !word(k, "AS") {
+        // `CREATE STREAM s (cols) WITH (...)` or `CREATE TABLE t (cols)`.
+        return Ok(None);
+    }
+    let rest: String = tokens[idx[k] + 1..].iter().map(Token::to_string).collect();
+    let rest = rest.trim();
+    let query = match crate::push::parse(rest)? {
+        Some(q) if q.copy.is_none() => q,
+        Some(_) => return Err(SqlError::syntax("CREATE ... AS takes a query, not COPY")),
+        None => PushQuery {
+            sql: rest.to_string(),
+            changes: true,
+            emit_final: false,
+            copy: None,
+        },
+    };
+    Ok(Some(CreateAs {
+        kind,
+        name,
+        topic,
+        partitions,
+        query,
+    }))
+}
+
+/// A table a persistent query keeps up to date: the latest row of each key.
+pub struct MaterializedTable {
+    schema: SchemaRef,
+    /// Output columns that form the key.
+    key_columns: Vec<usize>,
+    rows: Mutex<BTreeMap<String, Vec<ScalarValue>>>,
+}
+
+impl fmt::Debug for MaterializedTable {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "MaterializedTable({} keys)", self.rows.lock().len())
+    }
+}
+
+impl MaterializedTable {
+    /// Upserts the rows of one batch of changes; each row's key as text
+    /// (one key column: its value; several: a JSON object).
+    fn apply(&self, b: &RecordBatch) -> Result<Vec<String>> {
+        let mut keys = Vec::with_capacity(b.num_rows());
+        let mut rows = self.rows.lock();
+        for r in 0..b.num_rows() {
+            let key = if self.key_columns.len() == 1 {
+                array_value_to_string(b.column(self.key_columns[0]), r)?
+            } else {
+                let mut m = serde_json::Map::new();
+                for &c in &self.key_columns {
+                    m.insert(
+                        b.schema().field(c).name().clone(),
+                        serde_json::Value::String(array_value_to_string(b.column(c), r)?),
+                    );
+                }
+                serde_json::Value::Object(m).to_string()
+            };
+            let row = b
+                .columns()
+                .iter()
+                .map(|c| ScalarValue::try_from_array(c, r))
+                .collect::<Result<Vec<_>>>()?;
+            rows.insert(key.clone(), row);
+            keys.push(key);
+        }
+        Ok(keys)
+    }
+
+    fn snapshot(&self) -> Result<RecordBatch> {
+        let rows = self.rows.lock();
+        if rows.is_empty() {
+            return Ok(RecordBatch::new_empty(self.schema.clone()));
+        }
+        let columns = (0..self.schema.fields().len())
+            .map(|c| ScalarValue::iter_to_array(rows.values().map(|r| r[c].clone())))
+            .collect::<Result<Vec<ArrayRef>>>()?;
+        Ok(RecordBatch::try_new(self.schema.clone(), columns)?)
+    }
+
+    pub fn len(&self) -> usize {
+        self.rows.lock().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+#[async_trait]
+impl TableProvider for MaterializedTable {
+    fn schema(&self) -> SchemaRef {
+        self.schema.clone()
+    }
+
+    fn table_type(&self) -> TableType {
+        TableType::View
+    }
+
+    async fn scan(
+        &self,
+        _state: &dyn Session,
+        projection: Option<&Vec<usize>>,
+        _filters: &[Expr],
+        _limit: Option<usize>,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        let batch = self.snapshot()?;
+        Ok(MemorySourceConfig::try_new_exec(
+            &[vec![batch]],
+            self.schema.clone(),
+            projection.cloned(),
+        )?)
+    }
+}
+
+/// Which output columns of a grouped query are its keys: those named like
+/// a GROUP BY expression's output (all of them must be selected).
+fn key_columns(plan: &LogicalPlan, out: &Schema) -> Result<Vec<usize>, SqlError> {
+    use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
+    let mut group_names: Option<Vec<String>> = None;
+    let _ = plan.apply(|p| {
+        if let LogicalPlan::Aggregate(a) = p {
+            group_names = Some(
+                (0..a.group_expr.len())
+                    .map(|i| a.schema.field(i).name().clone())
+                    .collect(),
+            );
+            return Ok(TreeNodeRecursion::Stop);
+        }
+        Ok(TreeNodeRecursion::Continue)
+    });
+    let Some(names) = group_names else {
+        return Err(SqlError::syntax(
+            "CREATE TABLE ... AS needs GROUP BY (a table holds one row per key); use CREATE STREAM ... AS for row-by-row results",
+        ));
+    };
+    let mut keys = Vec::new();
+    for n in &names {
+        match out.index_of(n) {
+            Ok(i) => keys.push(i),
+            Err(_) => {
+                return Err(SqlError::syntax(format!(
+                    "select the GROUP BY column '{n}': a table's key columns are part of its rows"
+                )))
+            }
+        }
+    }
+    Ok(keys)
+}
+
+/// With a window, selects `windowstart, windowend` when the query does not.
+fn with_window_columns(sql: &str) -> String {
+    let lower = sql.to_ascii_lowercase();
+    if lower.contains(WINDOW_START) || !lower.contains("window") {
+        return sql.to_string();
+    }
+    match lower.find("select") {
+        Some(i) => format!(
+            "{} {WINDOW_START}, {WINDOW_END},{}",
+            &sql[..i + "select".len()],
+            &sql[i + "select".len()..]
+        ),
+        None => sql.to_string(),
+    }
+}
+
+impl Engine {
+    /// Runs `CREATE STREAM|TABLE ... AS SELECT`: checks and plans the
+    /// query, creates the topic (and, for a stream, its definition),
+    /// records the definition and starts it.
+    pub async fn create_as(&self, c: CreateAs) -> Result<String, SqlError> {
+        let name = c.name.to_ascii_lowercase();
+        if self.streams.get(&name).is_some() || self.persistent.table(&name).is_some() {
+            return Err(SqlError::new("42P07", format!("'{name}' already exists")));
+        }
+        let prefix = match c.kind {
+            Kind::Stream => "CSAS",
+            Kind::Table => "CTAS",
+        };
+        let mut sql = c.query.sql.clone();
+        if c.kind == Kind::Table {
+            sql = with_window_columns(&sql);
+        }
+        let def = QueryDef {
+            id: format!("{prefix}_{}", name.to_ascii_uppercase()),
+            kind: c.kind,
+            name: name.clone(),
+            topic: c.topic.unwrap_or_else(|| name.clone()),
+            partitions: c.partitions.unwrap_or(1),
+            sql,
+            created_ms: sediment_log::now_ms(),
+        };
+        self.start_persistent(def, c.query.emit_final, true).await?;
+        Ok(match c.kind {
+            Kind::Stream => "CREATE STREAM",
+            Kind::Table => "CREATE TABLE",
+        }
+        .into())
+    }
+
+    /// Starts the persistent queries recorded in `<data_dir>/sql/`, each
+    /// from the earliest offset. Call once, after startup.
+    pub async fn start_persistent_queries(&self) -> Result<usize, SqlError> {
+        let defs = self.persistent.load()?;
+        let n = defs.len();
+        for def in defs {
+            let id = def.id.clone();
+            if let Err(e) = self.start_persistent(def, false, false).await {
+                tracing::error!(query = %id, error = %e.message, "persistent query did not start");
+            }
+        }
+        Ok(n)
+    }
+
+    async fn start_persistent(
+        &self,
+        def: QueryDef,
+        emit_final: bool,
+        new: bool,
+    ) -> Result<(), SqlError> {
+        let query = PushQuery {
+            sql: def.sql.clone(),
+            changes: true,
+            emit_final,
+            copy: None,
+        };
+        let props = Properties {
+            offset_reset: OffsetReset::Earliest,
+        };
+        let push = self.push_as(&query, &props, Some(&def.id)).await?;
+        let schema = push.schema.clone();
+        // The output topic.
+        if self.log.topic(&def.topic).is_none() {
+            let log = self.log.clone();
+            let (topic, n) = (def.topic.clone(), def.partitions);
+            tokio::task::spawn_blocking(move || log.create_topic(&topic, n, Default::default()))
+                .await
+                .map_err(|e| SqlError::internal(e.to_string()))?
+                .map_err(|e| {
+                    SqlError::new("58030", format!("creating topic '{}': {e}", def.topic))
+                })?;
+        }
+        let table = match def.kind {
+            Kind::Table => {
+                let plan = self
+                    .ctx
+                    .state()
+                    .create_logical_plan(
+                        &crate::window::rewrite(&def.sql, |n| self.event_time(n))?
+                            .map(|w| w.sql)
+                            .unwrap_or_else(|| def.sql.clone()),
+                    )
+                    .await?;
+                let keys = key_columns(&plan, &schema)?;
+                Some(Arc::new(MaterializedTable {
+                    schema: schema.clone(),
+                    key_columns: keys,
+                    rows: Mutex::new(BTreeMap::new()),
+                }))
+            }
+            Kind::Stream => {
+                if new {
+                    let columns: Vec<ColumnDef> = schema
+                        .fields()
+                        .iter()
+                        .filter(|f| !PSEUDO_COLUMNS.iter().any(|(p, _)| p == f.name()))
+                        .map(|f| ColumnDef {
+                            name: f.name().clone(),
+                            sql_type: crate::statements::sql_type_name(f.data_type()),
+                        })
+                        .collect();
+                    let sdef = StreamDef {
+                        name: def.name.clone(),
+                        topic: def.topic.clone(),
+                        value_format: "JSON".into(),
+                        columns,
+                        timestamp_column: None,
+                        created_ms: def.created_ms,
+                    };
+                    let vschema = self.value_schema(&sdef)?;
+                    self.streams
+                        .create(sdef, vschema)
+                        .map_err(|e| SqlError::new("58030", e.to_string()))?;
+                }
+                None
+            }
+        };
+        // The sink: the output stream's or changelog's JSON records.
+        let (sink_schema, project) = sink_layout(&schema);
+        let sink = crate::insert::StreamSink::new(
+            &def.name,
+            &def.topic,
+            sink_schema.clone(),
+            self.log.clone(),
+        );
+        let stop = CancellationToken::new();
+        {
+            let mut running = self.persistent.running.lock();
+            if running.contains_key(&def.name) {
+                return Err(SqlError::new(
+                    "42P07",
+                    format!("'{}' already exists", def.name),
+                ));
+            }
+            running.insert(
+                def.name.clone(),
+                Running {
+                    def: def.clone(),
+                    stop: stop.clone(),
+                    table: table.clone(),
+                },
+            );
+            if new {
+                if let Err(e) = self.persistent.persist(&running) {
+                    running.remove(&def.name);
+                    return Err(e);
+                }
+            }
+        }
+        let id = def.id.clone();
+        let input = push.stream;
+        let changes = input.map(move |b| {
+            let b = b?;
+            let keys = match &table {
+                Some(t) => Some(t.apply(&b)?),
+                None => None,
+            };
+            project(&b, keys)
+        });
+        let stream = Box::pin(RecordBatchStreamAdapter::new(sink_schema, changes));
+        let task_ctx = self.ctx.task_ctx();
+        tokio::spawn(async move {
+            let run = sink.write_all(stream, &task_ctx);
+            tokio::select! {
+                _ = stop.cancelled() => tracing::info!(query = %id, "persistent query terminated"),
+                r = run => match r {
+                    Ok(n) => tracing::info!(query = %id, records = n, "persistent query ended"),
+                    Err(e) => tracing::error!(query = %id, error = %e, "persistent query failed"),
+                },
+            }
+        });
+        tracing::info!(query = %def.id, name = %def.name, topic = %def.topic, "persistent query started");
+        Ok(())
+    }
+
+    /// Stops the running persistent queries, keeping their definitions
+    /// (they start again with [`Engine::start_persistent_queries`]).
+    pub fn stop_persistent_queries(&self) {
+        self.persistent.stop_all();
+    }
+
+    /// `TERMINATE id`: stops a persistent query (its table or stream stays
+    /// until dropped, no longer updated; the definition is removed).
+    pub fn terminate(&self, id: &str) -> Result<String, SqlError> {
+        let Some(name) = self.persistent.by_id(id) else {
+            return Err(
+                SqlError::new("42704", format!("no persistent query '{id}'"))
+                    .with_hint("SHOW QUERIES lists them"),
+            );
+        };
+        self.persistent.remove(&name)?;
+        Ok("TERMINATE".into())
+    }
+
+    /// `DROP TABLE t`: terminates the query maintaining `t`.
+    pub fn drop_table(&self, name: &str, if_exists: bool) -> Result<String, SqlError> {
+        match self.persistent.remove(&name.to_ascii_lowercase())? {
+            Some(_) => Ok("DROP TABLE".into()),
+            None if if_exists => Ok("DROP TABLE".into()),
+            None => Err(SqlError::undefined_table(name)),
+        }
+    }
+
+    /// Stops the query writing stream `name`, if one does (DROP STREAM).
+    pub(crate) fn stop_writer(&self, name: &str) -> Result<(), SqlError> {
+        self.persistent.remove(name).map(|_| ())
+    }
+}
+
+/// How result batches become the sink's rows (pseudo columns first, then
+/// the values); with table keys, `_key` is each row's key.
+#[allow(clippy::type_complexity)]
+fn sink_layout(
+    schema: &SchemaRef,
+) -> (
+    SchemaRef,
+    Arc<dyn Fn(&RecordBatch, Option<Vec<String>>) -> Result<RecordBatch> + Send + Sync>,
+) {
+    let pseudo = |n: &str| schema.index_of(n).ok();
+    let (t, k) = (pseudo("_timestamp"), pseudo("_key"));
+    let values: Vec<usize> = (0..schema.fields().len())
+        .filter(|i| {
+            !PSEUDO_COLUMNS
+                .iter()
+                .any(|(n, _)| n == schema.field(*i).name())
+        })
+        .collect();
+    let mut fields = vec![
+        Field::new("_partition", DataType::Int32, true),
+        Field::new("_offset", DataType::Int64, true),
+        Field::new(
+            "_timestamp",
+            DataType::Timestamp(
+                datafusion::arrow::datatypes::TimeUnit::Millisecond,
+                Some("UTC".into()),
+            ),
+            true,
+        ),
+        Field::new("_key", DataType::Utf8, true),
+    ];
+    fields.extend(
+        values
+            .iter()
+            .map(|&i| schema.field(i).clone().with_nullable(true)),
+    );
+    let out = Arc::new(Schema::new(fields));
+    let out2 = out.clone();
+    let f = move |b: &RecordBatch, keys: Option<Vec<String>>| -> Result<RecordBatch> {
+        let n = b.num_rows();
+        let null = |dt: &DataType| datafusion::arrow::array::new_null_array(dt, n);
+        let cast = |a: &ArrayRef, dt: &DataType| -> Result<ArrayRef> {
+            Ok(datafusion::arrow::compute::cast(a, dt)?)
+        };
+        let mut cols: Vec<ArrayRef> = Vec::with_capacity(out2.fields().len());
+        // Partitioned by key (a table's changelog: by its group), keyless
+        // rows round robin.
+        cols.push(null(&DataType::Int32));
+        cols.push(null(&DataType::Int64));
+        cols.push(match t {
+            Some(i) => cast(b.column(i), out2.field(2).data_type())?,
+            None => null(out2.field(2).data_type()),
+        });
+        cols.push(match (&keys, k) {
+            (Some(keys), _) => Arc::new(StringArray::from_iter_values(keys.iter())),
+            (None, Some(i)) => cast(b.column(i), &DataType::Utf8)?,
+            (None, None) => null(&DataType::Utf8),
+        });
+        for &i in &values {
+            cols.push(b.column(i).clone());
+        }
+        Ok(RecordBatch::try_new(out2.clone(), cols)?)
+    };
+    (out, Arc::new(f))
+}
