@@ -313,6 +313,33 @@ fn cancellable(responses: Vec<Response>, registered: &Arc<Registered>) -> Vec<Re
         .collect()
 }
 
+impl Service {
+    /// Runs a push query or COPY for this connection, its rows sent as
+    /// they come (`describe`: a RowDescription first, as the simple
+    /// protocol wants); the command tag.
+    async fn push<C>(
+        &self,
+        client: &mut C,
+        q: &sediment_sql::PushQuery,
+        format: &Format,
+        describe: bool,
+    ) -> PgWireResult<Tag>
+    where
+        C: ClientInfo + futures::Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::Error: Debug,
+        PgWireError: From<<C as futures::Sink<PgWireBackendMessage>>::Error>,
+    {
+        let registered = self.running.register(client);
+        let props = push::properties(client);
+        let stream = self.engine.push(q, &props).await.map_err(user_error)?;
+        let output = match q.copy {
+            Some(c) => push::Output::Copy(c),
+            None => push::Output::Rows { format, describe },
+        };
+        push::send(client, stream, output, &registered).await
+    }
+}
+
 #[async_trait]
 impl SimpleQueryHandler for Service {
     async fn do_query<C>(&self, client: &mut C, query: &str) -> PgWireResult<Vec<Response>>
@@ -352,17 +379,7 @@ impl SimpleQueryHandler for Service {
                                 .with_hint("send it as a query string of its own"),
                         ));
                     }
-                    let registered = self.running.register(client);
-                    let props = push::properties(client);
-                    let stream = self.engine.push(&q, &props).await.map_err(user_error)?;
-                    let output = match q.copy {
-                        Some(c) => push::Output::Copy(c),
-                        None => push::Output::Rows {
-                            format: &Format::UnifiedText,
-                            describe: true,
-                        },
-                    };
-                    let tag = push::send(client, stream, output, &registered).await?;
+                    let tag = self.push(client, &q, &Format::UnifiedText, true).await?;
                     out.push(Response::Execution(tag));
                 }
                 Prepared::Sql(sql) => {
@@ -426,18 +443,9 @@ impl ExtendedQueryHandler for Service {
                                 .with_hint("write the values into the query"),
                         ));
                     }
-                    let registered = self.running.register(client);
-                    let props = push::properties(client);
-                    let stream = self.engine.push(&q, &props).await.map_err(user_error)?;
-                    let output = match q.copy {
-                        Some(c) => push::Output::Copy(c),
-                        None => push::Output::Rows {
-                            format: &portal.result_column_format,
-                            describe: false,
-                        },
-                    };
+                    let format = &portal.result_column_format;
                     Ok(Response::Execution(
-                        push::send(client, stream, output, &registered).await?,
+                        self.push(client, &q, format, false).await?,
                     ))
                 }
                 Prepared::Sql(_) => Ok(Response::EmptyQuery),

@@ -29,6 +29,7 @@ use sediment_tiering::Archive;
 pub mod continuous;
 pub mod functions;
 pub mod insert;
+mod lex;
 pub mod persistent;
 pub mod push;
 pub mod ranges;

@@ -209,19 +209,13 @@ pub struct CreateAs {
 /// `CREATE STREAM|TABLE name [WITH (...)] AS <query>`; None for other
 /// statements.
 pub fn parse_create_as(sql: &str) -> Result<Option<CreateAs>, SqlError> {
-    use datafusion::sql::sqlparser::dialect::PostgreSqlDialect;
-    use datafusion::sql::sqlparser::tokenizer::{Token, Tokenizer};
-    let tokens = Tokenizer::new(&PostgreSqlDialect {}, sql)
-        .tokenize()
-        .map_err(|e| SqlError::syntax(e.to_string()))?;
+    use crate::lex::{is_word, meaningful};
+    use datafusion::sql::sqlparser::tokenizer::Token;
+    let tokens = crate::lex::tokens(sql)?;
     let idx: Vec<usize> = (0..tokens.len())
-        .filter(|&i| !matches!(tokens[i], Token::Whitespace(_)))
+        .filter(|&i| meaningful(&tokens[i]))
         .collect();
-    let word = |k: usize, w: &str| {
-        idx.get(k).is_some_and(|&i| {
-            matches!(&tokens[i], Token::Word(x) if x.quote_style.is_none() && x.value.eq_ignore_ascii_case(w))
-        })
-    };
+    let word = |k: usize, w: &str| idx.get(k).is_some_and(|&i| is_word(&tokens[i], w));
     let kind = if word(0, "CREATE") && word(1, "STREAM") {
         Kind::Stream
     } else if word(0, "CREATE") && word(1, "TABLE") {
@@ -250,7 +244,7 @@ pub fn parse_create_as(sql: &str) -> Result<Option<CreateAs>, SqlError> {
             .ok_or_else(|| SqlError::syntax("WITH (...): missing ')'"))?;
         let inner: Vec<&Token> = tokens[open + 1..close]
             .iter()
-            .filter(|t| !matches!(t, Token::Whitespace(_)))
+            .filter(|t| meaningful(t))
             .collect();
         for option in inner.split(|t| **t == Token::Comma) {
             match option {
@@ -284,7 +278,7 @@ pub fn parse_create_as(sql: &str) -> Result<Option<CreateAs>, SqlError> {
         // `CREATE STREAM s (cols) WITH (...)` or `CREATE TABLE t (cols)`.
         return Ok(None);
     }
-    let rest: String = tokens[idx[k] + 1..].iter().map(Token::to_string).collect();
+    let rest = crate::lex::text(&tokens[idx[k] + 1..]);
     let rest = rest.trim();
     let query = match crate::push::parse(rest)? {
         Some(q) if q.copy.is_none() => q,

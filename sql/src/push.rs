@@ -22,12 +22,12 @@ use datafusion::catalog::{CatalogProvider, MemoryCatalogProvider, MemoryCatalogP
 use datafusion::execution::{SendableRecordBatchStream, SessionStateBuilder};
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::prelude::SessionContext;
-use datafusion::sql::sqlparser::dialect::PostgreSqlDialect;
-use datafusion::sql::sqlparser::tokenizer::{Token, Tokenizer};
+use datafusion::sql::sqlparser::tokenizer::Token;
 use futures::StreamExt;
 use parking_lot::Mutex;
 
 use crate::continuous::{self, ContinuousQueryPlanner, Emit, LateRecords, LiveFilterExec};
+use crate::lex::{is_word, meaningful, text, tokens};
 use crate::topic_table::OffsetReset;
 use crate::window;
 use crate::{Engine, SqlError, StreamsSchema, TopicsSchema, CATALOG};
@@ -104,30 +104,6 @@ impl Properties {
 pub struct SetProperty {
     pub name: String,
     pub value: Option<String>,
-}
-
-/// Tokens of `sql`, whitespace included (the text is rebuilt from them).
-fn tokens(sql: &str) -> Result<Vec<Token>, SqlError> {
-    Tokenizer::new(&PostgreSqlDialect {}, sql)
-        .tokenize()
-        .map_err(|e| SqlError::syntax(e.to_string()))
-}
-
-fn is_word(t: &Token, word: &str) -> bool {
-    matches!(t, Token::Word(w) if w.quote_style.is_none() && w.value.eq_ignore_ascii_case(word))
-}
-
-fn meaningful(t: &Token) -> bool {
-    !matches!(t, Token::Whitespace(_))
-}
-
-fn text(tokens: &[Token]) -> String {
-    tokens
-        .iter()
-        .map(Token::to_string)
-        .collect::<String>()
-        .trim()
-        .to_string()
 }
 
 /// `SET 'name' = 'value'`, `SET 'name' TO 'value'` or `UNSET 'name'` (a
@@ -216,7 +192,7 @@ fn strip_emit(tokens: &[Token]) -> Result<(String, Option<bool>), SqlError> {
         out.push(t.clone());
         i += 1;
     }
-    Ok((text(&out), emit))
+    Ok((text(&out).trim().to_string(), emit))
 }
 
 /// `COPY (query) TO STDOUT [WITH] [(options)]` or `COPY name TO STDOUT`.
@@ -250,7 +226,7 @@ fn parse_copy(all: &[Token], idx: &[usize]) -> Result<Option<PushQuery>, SqlErro
             // COPY ... FROM: not ours.
             return Ok(None);
         };
-        let name = text(&all[idx[1]..idx[to]]);
+        let name = text(&all[idx[1]..idx[to]]).trim().to_string();
         (format!("SELECT * FROM {name}"), None, to)
     };
     if !at(k).is_some_and(|t| is_word(t, "TO")) {

@@ -118,10 +118,6 @@ fn quote_literal(s: &str) -> String {
     format!("'{}'", s.replace('\'', "''"))
 }
 
-fn word_is(t: &Token, word: &str) -> bool {
-    matches!(t, Token::Word(w) if w.quote_style.is_none() && w.value.eq_ignore_ascii_case(word))
-}
-
 fn syntax(e: impl std::fmt::Display) -> SqlError {
     SqlError::syntax(e.to_string())
 }
@@ -576,7 +572,7 @@ fn parse_drop_stream(sql: &str) -> Result<Custom, SqlError> {
     let name = p.parse_identifier().map_err(syntax)?.value;
     let delete_topic = if p.parse_keyword(Keyword::DELETE) {
         let t = p.next_token();
-        if !word_is(&t.token, "topic") {
+        if !crate::lex::is_word(&t.token, "topic") {
             return Err(SqlError::syntax(format!(
                 "expected TOPIC after DELETE, found '{}'",
                 t.token

@@ -24,9 +24,9 @@ use datafusion::common::{exec_err, Result, ScalarValue};
 use datafusion::logical_expr::{
     ColumnarValue, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature, Volatility,
 };
-use datafusion::sql::sqlparser::dialect::PostgreSqlDialect;
-use datafusion::sql::sqlparser::tokenizer::{Token, Tokenizer};
+use datafusion::sql::sqlparser::tokenizer::Token;
 
+use crate::lex::{is_word, meaningful, text, tokens};
 use crate::SqlError;
 
 /// The column a windowed source adds for each row's event time (ms).
@@ -50,24 +50,6 @@ pub struct WindowSpec {
     pub size_ms: i64,
     /// Records later than this after their window's end are dropped.
     pub grace_ms: i64,
-}
-
-fn tokens(sql: &str) -> Result<Vec<Token>, SqlError> {
-    Tokenizer::new(&PostgreSqlDialect {}, sql)
-        .tokenize()
-        .map_err(|e| SqlError::syntax(e.to_string()))
-}
-
-fn is_word(t: &Token, word: &str) -> bool {
-    matches!(t, Token::Word(w) if w.quote_style.is_none() && w.value.eq_ignore_ascii_case(word))
-}
-
-fn meaningful(t: &Token) -> bool {
-    !matches!(t, Token::Whitespace(_))
-}
-
-fn text(tokens: &[Token]) -> String {
-    tokens.iter().map(Token::to_string).collect()
 }
 
 /// A window query rewritten into plain SQL.
