@@ -649,8 +649,12 @@ impl Operator {
         // Which rows count: with a window, those whose window is open.
         let mut keep = BooleanBufferBuilder::new(n);
         keep.append_n(n, true);
-        if let Some(w) = &self.window {
-            let starts = as_i64(&keys[w.start_group])?;
+        // Window starts (ms), cast once: for lateness and for EMIT FINAL.
+        let starts = match &self.window {
+            Some(w) => Some(as_i64(&keys[w.start_group])?),
+            None => None,
+        };
+        if let (Some(w), Some(starts)) = (&self.window, &starts) {
             let times = as_i64(&w.event_time.evaluate(batch)?.into_array(n)?)?;
             let mut dropped = 0;
             for i in 0..n {
@@ -670,10 +674,7 @@ impl Operator {
         }
         let keep = keep.finish();
         let rows = self.state.converter.convert_columns(&keys)?;
-        let window_end = match &self.window {
-            Some(w) => Some((as_i64(&keys[w.start_group])?, w.spec.size_ms)),
-            None => None,
-        };
+        let window_end = starts.zip(self.window.as_ref().map(|w| w.spec.size_ms));
         let mut gids = Vec::with_capacity(n);
         for i in 0..n {
             if !keep.value(i) {

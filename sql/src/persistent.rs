@@ -424,10 +424,11 @@ fn key_columns(plan: &LogicalPlan, out: &Schema) -> Result<Vec<usize>, SqlError>
     Ok(keys)
 }
 
-/// With a window, selects `windowstart, windowend` when the query does not.
-fn with_window_columns(sql: &str) -> String {
+/// With a window clause (`windowed`), selects `windowstart, windowend`
+/// when the query does not.
+fn with_window_columns(sql: &str, windowed: bool) -> String {
     let lower = sql.to_ascii_lowercase();
-    if lower.contains(WINDOW_START) || !lower.contains("window") {
+    if !windowed || lower.contains(WINDOW_START) {
         return sql.to_string();
     }
     match lower.find("select") {
@@ -455,7 +456,8 @@ impl Engine {
         };
         let mut sql = c.query.sql.clone();
         if c.kind == Kind::Table {
-            sql = with_window_columns(&sql);
+            let windowed = crate::window::rewrite(&sql, |n| self.event_time(n))?.is_some();
+            sql = with_window_columns(&sql, windowed);
         }
         let def = QueryDef {
             id: format!("{prefix}_{}", name.to_ascii_uppercase()),
