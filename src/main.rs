@@ -177,14 +177,18 @@ async fn serve(args: ServeArgs) -> Result<()> {
     if restarted > 0 {
         tracing::info!(
             queries = restarted,
-            "persistent queries restarted from the earliest offset"
+            "persistent queries restarted from their checkpoints"
         );
     }
     let pg_listener = tokio::net::TcpListener::bind(settings.pg_addr)
         .await
         .with_context(|| format!("binding the Postgres listener on {}", settings.pg_addr))?;
     let pg_bound = pg_listener.local_addr()?;
-    tracker.spawn(sediment_pgwire::serve(pg_listener, engine, cancel.clone()));
+    tracker.spawn(sediment_pgwire::serve(
+        pg_listener,
+        engine.clone(),
+        cancel.clone(),
+    ));
     tracker.spawn(retention_loop(
         log.clone(),
         Duration::from_millis(settings.retention_check_interval_ms),
@@ -210,6 +214,8 @@ async fn serve(args: ServeArgs) -> Result<()> {
     {
         tracing::warn!("connections did not close within 10 s; closing the log anyway");
     }
+    // Persistent queries checkpoint where they are, to resume there.
+    engine.stop_persistent_queries().await;
     groups.shutdown().await;
     tokio::task::spawn_blocking(move || log.shutdown())
         .await

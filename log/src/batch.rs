@@ -208,8 +208,28 @@ pub type SimpleRecord<'a> = (Option<&'a [u8]>, Option<&'a [u8]>, i64);
 
 /// One uncompressed batch of records `(key, value, timestamp ms)` with no
 /// producer id and base offset 0 (the log assigns offsets on append): how
-/// Sediment itself produces (SQL `INSERT`, query output).
+/// Sediment itself produces (SQL `INSERT`).
 pub fn encode_simple(records: &[SimpleRecord<'_>]) -> Vec<u8> {
+    encode_records(records, None)
+}
+
+/// An idempotent producer's identity and the sequence of a batch's first
+/// record, as Kafka's idempotent producers write them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProducerSeq {
+    pub producer_id: i64,
+    pub epoch: i16,
+    pub base_sequence: i32,
+}
+
+/// [`encode_simple`] from an idempotent producer: the log appends a batch
+/// with the same producer and sequences only once (persistent queries'
+/// output).
+pub fn encode_idempotent(records: &[SimpleRecord<'_>], producer: ProducerSeq) -> Vec<u8> {
+    encode_records(records, Some(producer))
+}
+
+fn encode_records(records: &[SimpleRecord<'_>], producer: Option<ProducerSeq>) -> Vec<u8> {
     let first_ts = records.first().map_or(0, |r| r.2);
     let max_ts = records.iter().map(|r| r.2).max().unwrap_or(first_ts);
     let mut out = Vec::with_capacity(
@@ -228,9 +248,9 @@ pub fn encode_simple(records: &[SimpleRecord<'_>]) -> Vec<u8> {
             last_offset_delta: i32::try_from(records.len().saturating_sub(1)).unwrap_or(i32::MAX),
             base_timestamp: first_ts,
             max_timestamp: max_ts,
-            producer_id: -1,
-            producer_epoch: -1,
-            base_sequence: -1,
+            producer_id: producer.map_or(-1, |p| p.producer_id),
+            producer_epoch: producer.map_or(-1, |p| p.epoch),
+            base_sequence: producer.map_or(-1, |p| p.base_sequence),
             record_count: i32::try_from(records.len()).unwrap_or(i32::MAX),
         },
     );

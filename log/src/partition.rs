@@ -346,6 +346,15 @@ impl Partition {
         Ok(Arc::new(p))
     }
 
+    /// The epoch and sequence range `(epoch, first, last)` of the last
+    /// batch producer `producer_id` appended here, if it is remembered.
+    pub fn last_producer_batch(&self, producer_id: i64) -> Option<(i16, i32, i32)> {
+        let inner = self.inner.lock();
+        let entry = inner.producers.producers.get(&producer_id)?;
+        let last = entry.batches.back()?;
+        Some((entry.epoch, last.first_seq, last.last_seq))
+    }
+
     pub fn config(&self) -> Arc<TopicConfig> {
         self.config.read().clone()
     }

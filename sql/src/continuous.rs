@@ -26,10 +26,11 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use datafusion::arrow::array::{
-    Array, ArrayRef, AsArray, BooleanBufferBuilder, Float64Array, Int64Array, RecordBatch,
+    Array, ArrayRef, AsArray, BooleanArray, BooleanBufferBuilder, Float64Array, Int64Array,
+    RecordBatch,
 };
 use datafusion::arrow::compute::cast;
-use datafusion::arrow::datatypes::{DataType, Float64Type, Int64Type, SchemaRef};
+use datafusion::arrow::datatypes::{DataType, Field, Float64Type, Int64Type, Schema, SchemaRef};
 use datafusion::arrow::row::{RowConverter, SortField};
 use datafusion::catalog::Session;
 use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
@@ -49,7 +50,9 @@ use datafusion::physical_plan::{
 };
 use datafusion::physical_planner::{DefaultPhysicalPlanner, ExtensionPlanner, PhysicalPlanner};
 use futures::StreamExt;
+use parking_lot::Mutex;
 
+use crate::tail::QueryState;
 use crate::window::{WindowSpec, EVENT_TIME, WINDOW_START};
 use crate::SqlError;
 
@@ -561,7 +564,7 @@ impl ExecutionPlan for ContinuousAggregateExec {
                 "ContinuousAggregateExec has one partition, not {partition}"
             )));
         }
-        let input = datafusion::physical_plan::execute_stream(self.input.clone(), context)?;
+        let input = datafusion::physical_plan::execute_stream(self.input.clone(), context.clone())?;
         let sort_fields: Vec<SortField> = self
             .schema
             .fields()
@@ -579,7 +582,7 @@ impl ExecutionPlan for ContinuousAggregateExec {
             watermark: i64::MIN,
             open: BTreeMap::new(),
         };
-        let op = Operator {
+        let mut op = Operator {
             groups: self.groups.clone(),
             aggs: self.aggs.clone(),
             schema: self.schema.clone(),
@@ -588,16 +591,29 @@ impl ExecutionPlan for ContinuousAggregateExec {
             late: self.late.clone(),
             state,
         };
-        let stream = futures::stream::unfold((input, op), |(mut input, mut op)| async move {
+        // A restored persistent query starts from its checkpoint, and its
+        // checkpoints read the state as it runs.
+        let query = context.session_config().get_extension::<QueryState>();
+        if let Some(saved) = query.as_ref().and_then(|q| q.take_restore()) {
+            op.restore(&saved)?;
+        }
+        let op = AggregateHandle(Arc::new(Mutex::new(op)));
+        if let Some(q) = &query {
+            q.set_aggregate(op.clone());
+        }
+        let stream = futures::stream::unfold((input, op), |(mut input, op)| async move {
             loop {
                 match input.next().await {
                     None => return None,
                     Some(Err(e)) => return Some((Err(e), (input, op))),
-                    Some(Ok(batch)) => match op.process(&batch) {
-                        Ok(Some(out)) => return Some((Ok(out), (input, op))),
-                        Ok(None) => continue,
-                        Err(e) => return Some((Err(e), (input, op))),
-                    },
+                    Some(Ok(batch)) => {
+                        let out = op.0.lock().process(&batch);
+                        match out {
+                            Ok(Some(out)) => return Some((Ok(out), (input, op))),
+                            Ok(None) => continue,
+                            Err(e) => return Some((Err(e), (input, op))),
+                        }
+                    }
                 }
             }
         });
@@ -605,6 +621,23 @@ impl ExecutionPlan for ContinuousAggregateExec {
             self.schema.clone(),
             stream,
         )))
+    }
+}
+
+/// A running continuous aggregate's state, for checkpoints.
+#[derive(Clone)]
+pub(crate) struct AggregateHandle(Arc<Mutex<Operator>>);
+
+impl fmt::Debug for AggregateHandle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("AggregateHandle")
+    }
+}
+
+impl AggregateHandle {
+    /// The whole state as one batch (see [`Operator::snapshot`]).
+    pub(crate) fn snapshot(&self) -> Result<RecordBatch> {
+        self.0.lock().snapshot()
     }
 }
 
@@ -757,6 +790,136 @@ impl Operator {
             columns,
             &datafusion::arrow::array::RecordBatchOptions::new().with_row_count(Some(gids.len())),
         )?)
+    }
+}
+
+/// Schema metadata of a state snapshot.
+const STATE_WATERMARK: &str = "sediment.watermark";
+const STATE_LATE: &str = "sediment.late_records";
+/// The snapshot column that says a group's window is still open (EMIT
+/// FINAL).
+const STATE_OPEN: &str = "open";
+
+impl Operator {
+    /// The whole state as one batch, one row per group: the group keys
+    /// (`key_<i>`), each aggregate's state (`acc_<i>`, and for AVG
+    /// `acc_<i>_sum`, `acc_<i>_count`), with EMIT FINAL whether its window
+    /// is still open, and stream time and late records in the metadata.
+    /// Arrow columns rather than the row format, which is not stable
+    /// across Arrow versions.
+    fn snapshot(&self) -> Result<RecordBatch> {
+        let st = &self.state;
+        let parser = st.converter.parser();
+        let keys = st
+            .converter
+            .convert_rows(st.keys.iter().map(|k| parser.parse(k)))?;
+        let mut fields = Vec::new();
+        let mut columns = Vec::new();
+        for (i, k) in keys.into_iter().enumerate() {
+            fields.push(Field::new(format!("key_{i}"), k.data_type().clone(), true));
+            columns.push(k);
+        }
+        for (i, (acc, spec)) in st.accs.iter().zip(&self.aggs).enumerate() {
+            for (suffix, a) in acc.state(&spec.out)? {
+                fields.push(Field::new(
+                    format!("acc_{i}{suffix}"),
+                    a.data_type().clone(),
+                    true,
+                ));
+                columns.push(a);
+            }
+        }
+        if self.emit == Emit::Final {
+            let mut open = vec![false; st.keys.len()];
+            for g in st.open.values().flatten() {
+                open[*g as usize] = true;
+            }
+            fields.push(Field::new(STATE_OPEN, DataType::Boolean, false));
+            columns.push(Arc::new(BooleanArray::from(open)));
+        }
+        let metadata = HashMap::from([
+            (STATE_WATERMARK.to_string(), st.watermark.to_string()),
+            (
+                STATE_LATE.to_string(),
+                self.late.0.load(Ordering::Relaxed).to_string(),
+            ),
+        ]);
+        let schema = Arc::new(Schema::new_with_metadata(fields, metadata));
+        Ok(RecordBatch::try_new_with_options(
+            schema,
+            columns,
+            &datafusion::arrow::array::RecordBatchOptions::new()
+                .with_row_count(Some(st.keys.len())),
+        )?)
+    }
+
+    /// Loads a [`Operator::snapshot`] into this (new) operator.
+    fn restore(&mut self, saved: &RecordBatch) -> Result<()> {
+        let bad = |why: &str| {
+            DataFusionError::Execution(format!(
+                "the checkpointed state does not fit this aggregation ({why}): drop and recreate the query"
+            ))
+        };
+        let n = saved.num_rows();
+        let k = self.groups.len();
+        if saved.num_columns() < k {
+            return Err(bad("too few columns"));
+        }
+        let keys: Vec<ArrayRef> = saved.columns()[..k]
+            .iter()
+            .zip(self.schema.fields())
+            .map(|(c, f)| {
+                if c.data_type() == f.data_type() {
+                    Ok(c.clone())
+                } else {
+                    Err(bad("group key types differ"))
+                }
+            })
+            .collect::<Result<_>>()?;
+        let rows = self.state.converter.convert_columns(&keys)?;
+        let st = &mut self.state;
+        for i in 0..n {
+            let key: Box<[u8]> = rows.row(i).as_ref().into();
+            let g = u32::try_from(i).map_err(|_| bad("too many groups"))?;
+            st.index.insert(key.clone(), g);
+            st.keys.push(key);
+            st.touched_mark.push(false);
+        }
+        let mut at = k;
+        for (acc, spec) in st.accs.iter_mut().zip(&self.aggs) {
+            let width = acc.state_width();
+            let cols = saved
+                .columns()
+                .get(at..at + width)
+                .ok_or_else(|| bad("too few aggregate columns"))?;
+            acc.load(cols, &spec.out).map_err(|e| bad(&e.to_string()))?;
+            at += width;
+        }
+        if self.emit == Emit::Final {
+            let (Some(open), Some(w)) = (
+                saved
+                    .column_by_name(STATE_OPEN)
+                    .and_then(|c| c.as_boolean_opt()),
+                &self.window,
+            ) else {
+                return Err(bad("no open windows column"));
+            };
+            let starts = as_i64(&keys[w.start_group])?;
+            for g in 0..n {
+                if open.value(g) && starts.is_valid(g) {
+                    let end = starts.value(g).saturating_add(w.spec.size_ms);
+                    st.open.entry(end).or_default().push(g as u32);
+                }
+            }
+        }
+        let meta = saved.schema_ref().metadata();
+        let number = |key: &str| meta.get(key).and_then(|v| v.parse::<i64>().ok());
+        st.watermark = number(STATE_WATERMARK).unwrap_or(i64::MIN);
+        self.late.0.store(
+            number(STATE_LATE).map_or(0, |v| v.max(0) as u64),
+            Ordering::Relaxed,
+        );
+        Ok(())
     }
 }
 
@@ -963,6 +1126,103 @@ impl Acc {
                     .collect::<Float64Array>(),
             ),
         })
+    }
+}
+
+impl Acc {
+    /// How many snapshot columns this aggregate's state takes.
+    fn state_width(&self) -> usize {
+        match self {
+            Acc::Avg { .. } => 2,
+            _ => 1,
+        }
+    }
+
+    /// Every group's state, as columns (name suffix, values); a group with
+    /// no value yet is NULL.
+    fn state(&self, out: &DataType) -> Result<Vec<(&'static str, ArrayRef)>> {
+        let all: Vec<u32> = (0..self.len() as u32).collect();
+        Ok(match self {
+            Acc::Avg { sum, count } => vec![
+                (
+                    "_sum",
+                    Arc::new(Float64Array::from(sum.clone())) as ArrayRef,
+                ),
+                (
+                    "_count",
+                    Arc::new(Int64Array::from(count.clone())) as ArrayRef,
+                ),
+            ],
+            other => vec![("", other.values(&all, out)?)],
+        })
+    }
+
+    fn len(&self) -> usize {
+        match self {
+            Acc::Count(c) => c.len(),
+            Acc::SumInt { sum, .. } | Acc::MinMaxInt { v: sum, .. } => sum.len(),
+            Acc::SumFloat { sum, .. } | Acc::MinMaxFloat { v: sum, .. } => sum.len(),
+            Acc::MinMaxOther { v, .. } => v.len(),
+            Acc::Avg { count, .. } => count.len(),
+        }
+    }
+
+    /// Loads the columns [`Acc::state`] wrote into this (empty) state.
+    fn load(&mut self, cols: &[ArrayRef], out: &DataType) -> Result<()> {
+        let ints = |a: &ArrayRef| -> Result<(Vec<i64>, Vec<bool>)> {
+            let a = as_i64(a)?;
+            Ok((
+                (0..a.len())
+                    .map(|i| if a.is_valid(i) { a.value(i) } else { 0 })
+                    .collect(),
+                (0..a.len()).map(|i| a.is_valid(i)).collect(),
+            ))
+        };
+        let floats = |a: &ArrayRef| -> Result<(Vec<f64>, Vec<bool>)> {
+            let a = as_f64(a)?;
+            Ok((
+                (0..a.len())
+                    .map(|i| if a.is_valid(i) { a.value(i) } else { 0.0 })
+                    .collect(),
+                (0..a.len()).map(|i| a.is_valid(i)).collect(),
+            ))
+        };
+        match (self, cols) {
+            (Acc::Count(c), [a]) => *c = ints(a)?.0,
+            (Acc::SumInt { sum, seen } | Acc::MinMaxInt { v: sum, seen, .. }, [a]) => {
+                (*sum, *seen) = ints(a)?;
+            }
+            (Acc::SumFloat { sum, seen } | Acc::MinMaxFloat { v: sum, seen, .. }, [a]) => {
+                (*sum, *seen) = floats(a)?;
+            }
+            (Acc::MinMaxOther { v, .. }, [a]) => {
+                if a.data_type() != out {
+                    return Err(DataFusionError::Execution(format!(
+                        "MIN/MAX state is {}, not {out}",
+                        a.data_type()
+                    )));
+                }
+                *v = (0..a.len())
+                    .map(|i| {
+                        Ok(if a.is_valid(i) {
+                            Some(ScalarValue::try_from_array(a, i)?)
+                        } else {
+                            None
+                        })
+                    })
+                    .collect::<Result<_>>()?;
+            }
+            (Acc::Avg { sum, count }, [s, c]) => {
+                *sum = floats(s)?.0;
+                *count = ints(c)?.0;
+            }
+            _ => {
+                return Err(DataFusionError::Execution(
+                    "aggregate state columns do not match".into(),
+                ))
+            }
+        }
+        Ok(())
     }
 }
 

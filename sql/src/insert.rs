@@ -31,7 +31,7 @@ use crate::SqlError;
 const DURABLE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// (key, JSON value, timestamp ms) of one record to append.
-type OwnedRecord = (Option<Vec<u8>>, Vec<u8>, i64);
+pub(crate) type OwnedRecord = (Option<Vec<u8>>, Vec<u8>, i64);
 
 pub struct StreamSink {
     stream: String,
@@ -70,7 +70,7 @@ impl StreamSink {
     }
 
     /// Records of one batch, by partition: (key, JSON value, timestamp).
-    fn records(
+    pub(crate) fn records(
         &self,
         b: &RecordBatch,
         partitions: usize,

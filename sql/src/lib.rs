@@ -26,6 +26,7 @@ use datafusion::prelude::{SessionConfig, SessionContext};
 use sediment_log::LogManager;
 use sediment_tiering::Archive;
 
+pub mod checkpoint;
 pub mod continuous;
 pub mod functions;
 pub mod insert;
@@ -36,6 +37,7 @@ pub mod ranges;
 pub mod statements;
 pub mod stream;
 pub mod system;
+pub mod tail;
 pub mod topic_table;
 pub mod window;
 

@@ -13,14 +13,22 @@
 //!   out` (which terminate the query writing them).
 //!
 //! Definitions live in `<data_dir>/sql/queries.json`. A persistent query
-//! starts from the earliest offset, and on restart it starts again from
-//! there, rebuilding its table (state is not checkpointed yet, so a
-//! restart appends the changelog or output stream again).
+//! starts from the earliest offset. Exactly once: every
+//! [`COMMIT_INTERVAL`] (or longer, when a commit is slow) it writes a
+//! checkpoint (see [`crate::checkpoint`]) holding its input offsets, its
+//! state and the output produced since the last one, and only then appends
+//! that output, from an idempotent producer. A table's output is its
+//! changelog compacted per commit: each changed key's latest row. A
+//! restart (after a clean stop or a crash) resumes from the checkpoint, so
+//! nothing is lost or counted twice. Pull queries read the table as it is
+//! maintained, ahead of its last checkpoint.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use datafusion::arrow::array::{ArrayRef, RecordBatch, StringArray};
@@ -29,18 +37,18 @@ use datafusion::arrow::util::display::array_value_to_string;
 use datafusion::catalog::{Session, TableProvider};
 use datafusion::common::{Result, ScalarValue};
 use datafusion::datasource::memory::MemorySourceConfig;
-use datafusion::datasource::sink::DataSink;
 use datafusion::datasource::TableType;
 use datafusion::logical_expr::{Expr, LogicalPlan};
-use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::ExecutionPlan;
 use futures::StreamExt;
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
+use crate::checkpoint::{Checkpoint, Header, InputOffset, PendingBatch};
 use crate::push::PushQuery;
 use crate::stream::{ColumnDef, StreamDef, PSEUDO_COLUMNS};
+use crate::tail::QueryState;
 use crate::topic_table::OffsetReset;
 use crate::window::{WINDOW_END, WINDOW_START};
 use crate::{Engine, Properties, SqlError};
@@ -80,6 +88,10 @@ struct QueriesFile {
 struct Running {
     def: QueryDef,
     stop: CancellationToken,
+    /// Set when the query is dropped: it stops without a last checkpoint
+    /// and removes its checkpoint file.
+    dropped: Arc<AtomicBool>,
+    task: Option<tokio::task::JoinHandle<()>>,
     table: Option<Arc<MaterializedTable>>,
 }
 
@@ -172,19 +184,43 @@ impl Persistent {
         let Some(r) = running.remove(name) else {
             return Ok(None);
         };
-        r.stop.cancel();
         if let Err(e) = self.persist(&running) {
             running.insert(name.to_string(), r);
             return Err(e);
         }
+        r.dropped.store(true, Ordering::Release);
+        r.stop.cancel();
         Ok(Some(r.def))
     }
 
-    /// Stops every running query, keeping the definitions (shutdown).
-    pub fn stop_all(&self) {
-        for r in self.running.lock().values() {
-            r.stop.cancel();
+    /// Stops every running query after a last checkpoint, keeping the
+    /// definitions (shutdown).
+    pub async fn stop_all(&self) {
+        let tasks: Vec<_> = self
+            .running
+            .lock()
+            .values_mut()
+            .filter_map(|r| {
+                r.stop.cancel();
+                r.task.take()
+            })
+            .collect();
+        for t in tasks {
+            if tokio::time::timeout(Duration::from_secs(10), t)
+                .await
+                .is_err()
+            {
+                tracing::warn!("a persistent query did not stop within 10 s");
+            }
         }
+    }
+
+    /// Where query `def` checkpoints (its creation time in the name: a
+    /// query created again under the same name starts afresh).
+    fn checkpoint_path(&self, def: &QueryDef) -> PathBuf {
+        let dir = self.path.parent().unwrap_or(Path::new("."));
+        dir.join("checkpoints")
+            .join(format!("{}-{}.ckpt", def.id, def.created_ms))
     }
 
     fn by_id(&self, id: &str) -> Option<String> {
@@ -345,11 +381,27 @@ impl MaterializedTable {
 
     fn snapshot(&self) -> Result<RecordBatch> {
         let rows = self.rows.lock();
-        if rows.is_empty() {
+        self.batch(rows.values())
+    }
+
+    /// The rows of `keys` (those it has), and their keys.
+    fn rows_for(&self, keys: &BTreeSet<String>) -> Result<(RecordBatch, Vec<String>)> {
+        let rows = self.rows.lock();
+        let found: Vec<(&String, &Vec<ScalarValue>)> =
+            keys.iter().filter_map(|k| rows.get_key_value(k)).collect();
+        let batch = self.batch(found.iter().map(|(_, r)| *r))?;
+        Ok((batch, found.into_iter().map(|(k, _)| k.clone()).collect()))
+    }
+
+    fn batch<'a>(
+        &self,
+        rows: impl Iterator<Item = &'a Vec<ScalarValue>> + Clone,
+    ) -> Result<RecordBatch> {
+        if rows.clone().next().is_none() {
             return Ok(RecordBatch::new_empty(self.schema.clone()));
         }
         let columns = (0..self.schema.fields().len())
-            .map(|c| ScalarValue::iter_to_array(rows.values().map(|r| r[c].clone())))
+            .map(|c| ScalarValue::iter_to_array(rows.clone().map(|r| r[c].clone())))
             .collect::<Result<Vec<ArrayRef>>>()?;
         Ok(RecordBatch::try_new(self.schema.clone(), columns)?)
     }
@@ -505,7 +557,30 @@ impl Engine {
         let props = Properties {
             offset_reset: OffsetReset::Earliest,
         };
-        let push = self.push_as(&query, &props, Some(&def.id)).await?;
+        // A checkpoint to resume from: first, the output it holds that the
+        // log may not have yet.
+        let path = self.persistent.checkpoint_path(&def);
+        let saved = if new {
+            None
+        } else {
+            let read = tokio::task::spawn_blocking({
+                let path = path.clone();
+                move || Checkpoint::read(&path)
+            })
+            .await
+            .map_err(|e| SqlError::internal(e.to_string()))??;
+            read.filter(|c| c.header.query_id == def.id && c.header.sql == def.sql)
+        };
+        if let Some(c) = &saved {
+            append_output(&self.log, &def.topic, &c.header, &c.pending, true).await?;
+        }
+        let state = Arc::new(match &saved {
+            Some(c) => QueryState::restored(c.resume(), c.aggregate.clone()),
+            None => QueryState::default(),
+        });
+        let push = self
+            .push_as(&query, &props, Some(&def.id), state.clone())
+            .await?;
         let schema = push.schema.clone();
         // The output topic.
         if self.log.topic(&def.topic).is_none() {
@@ -563,18 +638,78 @@ impl Engine {
                 None
             }
         };
-        // The sink: the output stream's or changelog's JSON records.
+        if let (Some(t), Some(rows)) = (&table, saved.as_ref().and_then(|c| c.table.as_ref())) {
+            t.apply(rows)?;
+        }
+        // The output: JSON records from the query's idempotent producer.
         let (sink_schema, project) = sink_layout(&schema);
-        let sink = crate::insert::StreamSink::new(
-            &def.name,
-            &def.topic,
-            sink_schema.clone(),
-            self.log.clone(),
-        );
+        let sink =
+            crate::insert::StreamSink::new(&def.name, &def.topic, sink_schema, self.log.clone());
+        let (producer_id, producer_epoch, next_sequence) = match &saved {
+            Some(c) => (
+                c.header.producer_id,
+                c.header.producer_epoch,
+                c.header.next_sequence.clone(),
+            ),
+            None => {
+                let log = self.log.clone();
+                let id = tokio::task::spawn_blocking(move || log.allocate_producer_id())
+                    .await
+                    .map_err(|e| SqlError::internal(e.to_string()))?
+                    .map_err(|e| {
+                        SqlError::new("58030", format!("allocating a producer id: {e}"))
+                    })?;
+                (id, 0, BTreeMap::new())
+            }
+        };
         let stop = CancellationToken::new();
+        let dropped = Arc::new(AtomicBool::new(false));
+        let mut runner = Runner {
+            header: Header {
+                query_id: def.id.clone(),
+                sql: def.sql.clone(),
+                taken_ms: 0,
+                inputs: Vec::new(),
+                producer_id,
+                producer_epoch,
+                next_sequence,
+                pending: Vec::new(),
+                aggregate_bytes: 0,
+                table_bytes: 0,
+            },
+            path,
+            topic: def.topic.clone(),
+            log: self.log.clone(),
+            state,
+            table: table.clone(),
+            sink,
+            project,
+            rows: Vec::new(),
+            changed: BTreeSet::new(),
+            committed: saved.as_ref().map(Checkpoint::resume).unwrap_or_default(),
+        };
+        let id = def.id.clone();
+        let (task_stop, task_dropped) = (stop.clone(), dropped.clone());
+        let mut input = push.stream;
+        let task = tokio::spawn(async move {
+            let ended = runner.run(&mut input, &task_stop, &task_dropped).await;
+            drop(input);
+            if task_dropped.load(Ordering::Acquire) {
+                let _ = std::fs::remove_file(&runner.path);
+                tracing::info!(query = %id, "persistent query terminated");
+                return;
+            }
+            match ended {
+                Ok(()) => tracing::info!(query = %id, "persistent query stopped"),
+                Err(e) => {
+                    tracing::error!(query = %id, error = %e.message, "persistent query failed")
+                }
+            }
+        });
         {
             let mut running = self.persistent.running.lock();
             if running.contains_key(&def.name) {
+                task.abort();
                 return Err(SqlError::new(
                     "42P07",
                     format!("'{}' already exists", def.name),
@@ -585,46 +720,29 @@ impl Engine {
                 Running {
                     def: def.clone(),
                     stop: stop.clone(),
-                    table: table.clone(),
+                    dropped,
+                    task: Some(task),
+                    table,
                 },
             );
             if new {
                 if let Err(e) = self.persistent.persist(&running) {
-                    running.remove(&def.name);
+                    if let Some(r) = running.remove(&def.name) {
+                        r.dropped.store(true, Ordering::Release);
+                        r.stop.cancel();
+                    }
                     return Err(e);
                 }
             }
         }
-        let id = def.id.clone();
-        let input = push.stream;
-        let changes = input.map(move |b| {
-            let b = b?;
-            let keys = match &table {
-                Some(t) => Some(t.apply(&b)?),
-                None => None,
-            };
-            project(&b, keys)
-        });
-        let stream = Box::pin(RecordBatchStreamAdapter::new(sink_schema, changes));
-        let task_ctx = self.ctx.task_ctx();
-        tokio::spawn(async move {
-            let run = sink.write_all(stream, &task_ctx);
-            tokio::select! {
-                _ = stop.cancelled() => tracing::info!(query = %id, "persistent query terminated"),
-                r = run => match r {
-                    Ok(n) => tracing::info!(query = %id, records = n, "persistent query ended"),
-                    Err(e) => tracing::error!(query = %id, error = %e, "persistent query failed"),
-                },
-            }
-        });
-        tracing::info!(query = %def.id, name = %def.name, topic = %def.topic, "persistent query started");
+        tracing::info!(query = %def.id, name = %def.name, topic = %def.topic, resumed = saved.is_some(), "persistent query started");
         Ok(())
     }
 
     /// Stops the running persistent queries, keeping their definitions
     /// (they start again with [`Engine::start_persistent_queries`]).
-    pub fn stop_persistent_queries(&self) {
-        self.persistent.stop_all();
+    pub async fn stop_persistent_queries(&self) {
+        self.persistent.stop_all().await;
     }
 
     /// `TERMINATE id`: stops a persistent query (its table or stream stays
@@ -655,15 +773,242 @@ impl Engine {
     }
 }
 
+/// How often a persistent query commits, at most: its output waits this
+/// long at most (plus the commit) before it is appended.
+pub const COMMIT_INTERVAL: Duration = Duration::from_millis(200);
+/// Records per output batch.
+const OUTPUT_BATCH_RECORDS: usize = 4096;
+/// How long a commit waits for its output to be durable.
+const DURABLE_TIMEOUT: Duration = Duration::from_secs(30);
+
+type Project = Arc<dyn Fn(&RecordBatch, Option<Vec<String>>) -> Result<RecordBatch> + Send + Sync>;
+
+/// A persistent query at work: it folds result batches into its table or
+/// output and commits them (see the module docs).
+struct Runner {
+    /// The next checkpoint's header: producer and sequences.
+    header: Header,
+    path: PathBuf,
+    topic: String,
+    log: Arc<sediment_log::LogManager>,
+    state: Arc<QueryState>,
+    table: Option<Arc<MaterializedTable>>,
+    sink: crate::insert::StreamSink,
+    project: Project,
+    /// A stream's output rows since the last commit.
+    rows: Vec<RecordBatch>,
+    /// A table's keys changed since the last commit.
+    changed: BTreeSet<String>,
+    /// The input offsets of the last commit.
+    committed: BTreeMap<(String, i32), i64>,
+}
+
+impl Runner {
+    async fn run(
+        &mut self,
+        input: &mut datafusion::execution::SendableRecordBatchStream,
+        stop: &CancellationToken,
+        dropped: &AtomicBool,
+    ) -> Result<(), SqlError> {
+        let mut next_commit = Instant::now() + COMMIT_INTERVAL;
+        loop {
+            let work = !self.rows.is_empty()
+                || !self.changed.is_empty()
+                || self.state.progress() != self.committed;
+            tokio::select! {
+                biased;
+                () = stop.cancelled() => {
+                    return if dropped.load(Ordering::Acquire) { Ok(()) } else { self.commit().await };
+                }
+                () = tokio::time::sleep_until(next_commit.into()), if work => {
+                    let started = Instant::now();
+                    self.commit().await?;
+                    // A slow commit (a large state) spaces the next ones.
+                    next_commit = Instant::now() + COMMIT_INTERVAL.max(started.elapsed() * 4);
+                }
+                b = input.next() => match b {
+                    Some(Ok(b)) => self.take(&b)?,
+                    Some(Err(e)) => return Err(SqlError::from(e)),
+                    None => return self.commit().await,
+                },
+            }
+        }
+    }
+
+    /// Folds one batch of results in.
+    fn take(&mut self, b: &RecordBatch) -> Result<(), SqlError> {
+        match &self.table {
+            Some(t) => self.changed.extend(t.apply(b)?),
+            None => self.rows.push((self.project)(b, None)?),
+        }
+        Ok(())
+    }
+
+    /// Writes a checkpoint with the input offsets, the state and the output
+    /// since the last one, then appends that output.
+    async fn commit(&mut self) -> Result<(), SqlError> {
+        let mut rows = std::mem::take(&mut self.rows);
+        if let Some(t) = &self.table {
+            let (b, keys) = t.rows_for(&std::mem::take(&mut self.changed))?;
+            if b.num_rows() > 0 {
+                rows.push((self.project)(&b, Some(keys))?);
+            }
+        }
+        let topic = self.log.topic(&self.topic).ok_or_else(|| {
+            SqlError::new(
+                "42P01",
+                format!("output topic '{}' no longer exists", self.topic),
+            )
+        })?;
+        let now = sediment_log::now_ms();
+        let mut pending = Vec::new();
+        let mut bytes = Vec::new();
+        for b in &rows {
+            for (p, recs) in self.sink.records(b, topic.partitions.len(), now)? {
+                for chunk in recs.chunks(OUTPUT_BATCH_RECORDS) {
+                    let first = self.header.next_sequence.get(&p).copied().unwrap_or(0);
+                    let refs: Vec<sediment_log::batch::SimpleRecord<'_>> = chunk
+                        .iter()
+                        .map(|(k, v, t)| (k.as_deref(), Some(v.as_slice()), *t))
+                        .collect();
+                    let seq = sediment_log::batch::ProducerSeq {
+                        producer_id: self.header.producer_id,
+                        epoch: self.header.producer_epoch,
+                        base_sequence: first,
+                    };
+                    bytes.push(sediment_log::batch::encode_idempotent(&refs, seq));
+                    let last = wrap_sequence(i64::from(first) + chunk.len() as i64 - 1);
+                    pending.push(PendingBatch {
+                        partition: p,
+                        first_sequence: first,
+                        last_sequence: last,
+                        bytes: 0,
+                    });
+                    self.header
+                        .next_sequence
+                        .insert(p, wrap_sequence(i64::from(last) + 1));
+                }
+            }
+        }
+        let progress = self.state.progress();
+        let mut checkpoint = Checkpoint {
+            header: Header {
+                taken_ms: now,
+                inputs: progress
+                    .iter()
+                    .map(|((topic, partition), next)| InputOffset {
+                        topic: topic.clone(),
+                        partition: *partition,
+                        next_offset: *next,
+                    })
+                    .collect(),
+                pending,
+                ..self.header.clone()
+            },
+            aggregate: self.state.aggregate().map(|a| a.snapshot()).transpose()?,
+            table: self.table.as_ref().map(|t| t.snapshot()).transpose()?,
+            pending: bytes,
+        };
+        let path = self.path.clone();
+        let checkpoint =
+            tokio::task::spawn_blocking(move || checkpoint.write(&path).map(|()| checkpoint))
+                .await
+                .map_err(|e| SqlError::internal(e.to_string()))??;
+        append_output(
+            &self.log,
+            &self.topic,
+            &checkpoint.header,
+            &checkpoint.pending,
+            false,
+        )
+        .await?;
+        self.committed = progress;
+        Ok(())
+    }
+}
+
+/// Sequences wrap from `i32::MAX` to 0, as Kafka's do.
+fn wrap_sequence(s: i64) -> i32 {
+    (s.rem_euclid(i64::from(i32::MAX) + 1)) as i32
+}
+
+/// Appends a checkpoint's pending output and waits until it is durable.
+/// `recovering`: after a restart, skips what the log already has (each
+/// partition remembers the producer's last batch).
+async fn append_output(
+    log: &Arc<sediment_log::LogManager>,
+    topic_name: &str,
+    header: &Header,
+    batches: &[Vec<u8>],
+    recovering: bool,
+) -> Result<(), SqlError> {
+    if batches.is_empty() {
+        return Ok(());
+    }
+    let topic = log.topic(topic_name).ok_or_else(|| {
+        SqlError::new(
+            "42P01",
+            format!("output topic '{topic_name}' no longer exists"),
+        )
+    })?;
+    let io = |e: sediment_log::LogError| {
+        SqlError::new("58030", format!("appending to '{topic_name}': {e}"))
+    };
+    let mut ends: BTreeMap<i32, i64> = BTreeMap::new();
+    let mut skip: BTreeMap<i32, usize> = BTreeMap::new();
+    if recovering {
+        for (i, meta) in header.pending.iter().enumerate() {
+            let Some(partition) = topic.partition(meta.partition) else {
+                continue;
+            };
+            let last = partition.last_producer_batch(header.producer_id);
+            if last
+                == Some((
+                    header.producer_epoch,
+                    meta.first_sequence,
+                    meta.last_sequence,
+                ))
+            {
+                // This batch is in the log, and so are those before it.
+                skip.insert(meta.partition, i + 1);
+            }
+        }
+    }
+    for (i, (meta, bytes)) in header.pending.iter().zip(batches).enumerate() {
+        if skip.get(&meta.partition).is_some_and(|&n| i < n) {
+            continue;
+        }
+        let partition = topic.partition(meta.partition).cloned().ok_or_else(|| {
+            SqlError::new(
+                "58030",
+                format!(
+                    "output topic '{topic_name}' has no partition {}",
+                    meta.partition
+                ),
+            )
+        })?;
+        let bytes = bytes.clone();
+        let res =
+            tokio::task::spawn_blocking(move || partition.append(&bytes, sediment_log::now_ms()))
+                .await
+                .map_err(|e| SqlError::internal(e.to_string()))?
+                .map_err(io)?;
+        ends.insert(meta.partition, res.end_offset);
+    }
+    for (p, end) in ends {
+        if let Some(partition) = topic.partition(p) {
+            partition
+                .wait_durable(end, DURABLE_TIMEOUT)
+                .await
+                .map_err(io)?;
+        }
+    }
+    Ok(())
+}
+
 /// How result batches become the sink's rows (pseudo columns first, then
 /// the values); with table keys, `_key` is each row's key.
-#[allow(clippy::type_complexity)]
-fn sink_layout(
-    schema: &SchemaRef,
-) -> (
-    SchemaRef,
-    Arc<dyn Fn(&RecordBatch, Option<Vec<String>>) -> Result<RecordBatch> + Send + Sync>,
-) {
+fn sink_layout(schema: &SchemaRef) -> (SchemaRef, Project) {
     let pseudo = |n: &str| schema.index_of(n).ok();
     let (t, k) = (pseudo("_timestamp"), pseudo("_key"));
     let values: Vec<usize> = (0..schema.fields().len())

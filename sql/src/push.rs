@@ -2,7 +2,7 @@
 //! come.
 //!
 //! - `SELECT ... FROM s [WHERE ...] EMIT CHANGES [LIMIT n]` plans the same
-//!   SQL over tables that follow the log ([`crate::topic_table::TailExec`]):
+//!   SQL over tables that follow the log ([`crate::tail::TailExec`]):
 //!   it starts at each partition's high watermark, or at the beginning of
 //!   history after `SET 'auto.offset.reset' = 'earliest'`, and runs until
 //!   its `LIMIT` or until the client cancels or goes away.
@@ -28,6 +28,7 @@ use parking_lot::Mutex;
 
 use crate::continuous::{self, ContinuousQueryPlanner, Emit, LateRecords, LiveFilterExec};
 use crate::lex::{is_word, meaningful, text, tokens};
+use crate::tail::QueryState;
 use crate::topic_table::OffsetReset;
 use crate::window;
 use crate::{Engine, SqlError, StreamsSchema, TopicsSchema, CATALOG};
@@ -407,7 +408,12 @@ impl Drop for QueryGuard {
 
 impl Engine {
     /// A context in which streams and topics follow the log from `start`.
-    fn tail_context(&self, start: OffsetReset, late: Arc<LateRecords>) -> SessionContext {
+    fn tail_context(
+        &self,
+        start: OffsetReset,
+        late: Arc<LateRecords>,
+        query: Arc<QueryState>,
+    ) -> SessionContext {
         let mut state = SessionStateBuilder::new_from_existing(self.ctx.state())
             .with_catalog_list(Arc::new(MemoryCatalogProviderList::new()))
             .with_query_planner(Arc::new(ContinuousQueryPlanner))
@@ -419,6 +425,7 @@ impl Engine {
             .optimizer
             .enable_round_robin_repartition = false;
         state.config_mut().set_extension(late);
+        state.config_mut().set_extension(query);
         let ctx = SessionContext::new_with_state(state);
         let catalog = MemoryCatalogProvider::new();
         let _ = catalog.register_schema(
@@ -448,16 +455,18 @@ impl Engine {
     /// Plans and starts `q`: with `EMIT CHANGES` over tables that follow
     /// the log (from where `props` says), otherwise as any query.
     pub async fn push(&self, q: &PushQuery, props: &Properties) -> Result<PushStream, SqlError> {
-        self.push_as(q, props, None).await
+        self.push_as(q, props, None, Arc::default()).await
     }
 
     /// [`Engine::push`], listed in `sediment.queries` under `id` (a
-    /// persistent query) rather than as a push query.
+    /// persistent query) rather than as a push query, with its position and
+    /// state in `query` (see [`crate::tail`]).
     pub(crate) async fn push_as(
         &self,
         q: &PushQuery,
         props: &Properties,
         id: Option<&str>,
+        query: Arc<QueryState>,
     ) -> Result<PushStream, SqlError> {
         let first = q
             .sql
@@ -482,7 +491,7 @@ impl Engine {
         };
         let late = Arc::new(LateRecords::default());
         let df = if q.changes {
-            let ctx = self.tail_context(props.offset_reset, late.clone());
+            let ctx = self.tail_context(props.offset_reset, late.clone(), query);
             let plan = ctx.state().create_logical_plan(&sql).await?;
             let emit = if q.emit_final {
                 Emit::Final
@@ -499,7 +508,7 @@ impl Engine {
         let planned = async {
             let plan = df.create_physical_plan().await?;
             let plan = if q.changes {
-                LiveFilterExec::replace_filters(plan)?
+                crate::tail::add_merges(LiveFilterExec::replace_filters(plan)?)?
             } else {
                 plan
             };

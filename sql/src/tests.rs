@@ -1005,7 +1005,7 @@ async fn late_records_are_dropped_and_final_windows_emit_once() {
 
 /// CREATE TABLE AS maintains a table that pull queries read and writes
 /// its changelog to a topic; CREATE STREAM AS writes a stream; both are
-/// listed, survive a restart (rebuilt from the earliest offset), and
+/// listed, survive a restart (resumed from their checkpoints), and
 /// TERMINATE / DROP stop them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn persistent_queries_maintain_tables_and_streams() {
@@ -1090,14 +1090,20 @@ async fn persistent_queries_maintain_tables_and_streams() {
             queries.iter().any(|q| q.starts_with("CSAS_BIG|PERSISTENT")),
             "{queries:?}"
         );
-        f.engine.stop_persistent_queries();
+        f.engine.stop_persistent_queries().await;
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
         f.log.shutdown().unwrap();
     }
-    // After a restart the queries run again and rebuild the table.
+    // After a restart the queries resume from their checkpoints: the
+    // table is restored, and nothing is appended twice.
     let f = fixture_at(&path, Some(dir));
     assert_eq!(f.engine.start_persistent_queries().await.unwrap(), 2);
     wait(&f, "SELECT n FROM totals WHERE user_id = 'u3'".into(), 22).await;
+    let later: Vec<String> = (110..115).map(json).collect();
+    produce(&f, "trades", 0, &later, f.t0 + 200);
+    wait(&f, "SELECT n FROM totals WHERE user_id = 'u3'".into(), 23).await;
+    // 110..115 all have amount >= 95: 15 + 5 rows, not the 15 again.
+    wait(&f, "SELECT count(*) FROM big".into(), 20).await;
     let tag = |o: Outcome| match o {
         Outcome::Command(c) => c,
         Outcome::Rows(..) => panic!("rows, not a command"),

@@ -54,14 +54,17 @@ use sediment_tiering::convert::{self, Columns};
 use sediment_tiering::{Archive, ArchiveRead, ValueColumn};
 
 use crate::ranges::Bounds;
+use crate::tail::{QueryState, TailExec, TailLayout, TailPart};
 
 /// The URL the archive's object store is registered under in DataFusion.
 pub const ARCHIVE_STORE_URL: &str = "sediment-archive://archive/";
 
 /// Columns of `topics.<name>`, as indexes into the archive file schema.
 const TABLE_COLUMNS: [usize; 6] = [0, 1, 2, 4, 5, 6];
-/// The archive file schema's `timestamp` column.
+/// The archive file schema's `timestamp` column (and the table's).
 const TIMESTAMP_COLUMN: usize = 2;
+/// The table's `offset` column.
+const OFFSET_COLUMN: usize = 1;
 /// Raw columns a filter may prune with (names shared by table and files).
 pub(crate) const PRUNING_COLUMNS: [&str; 4] = ["partition", "offset", "timestamp", "key"];
 
@@ -293,22 +296,15 @@ impl TopicTable {
         limit: Option<usize>,
         typed: Option<&TypedColumns>,
     ) -> Result<SplitScan> {
-        // A tail's history is read raw: its rows come out of one scan.
-        let typed = if self.tail.is_some() { None } else { typed };
+        if let Some(start) = self.tail {
+            let raw = self.plan_tail(state, start, projection, filters).await?;
+            return Ok(SplitScan {
+                raw: Some(raw),
+                typed: None,
+            });
+        }
         let wanted = typed.map(TypedColumns::sorted);
-        let mut plan = ScanPlan::new(&self.log, &self.archive, &self.topic, filters, wanted)?;
-        let tail = match self.tail {
-            Some(start) => {
-                let ends = std::mem::take(&mut plan.ends);
-                if start == OffsetReset::Latest {
-                    // No history: nothing of the snapshot is read.
-                    plan.files.clear();
-                    plan.hot.clear();
-                }
-                Some(ends)
-            }
-            None => None,
-        };
+        let plan = ScanPlan::new(&self.log, &self.archive, &self.topic, filters, wanted)?;
         let exact = row_filter == RowFilter::Bounds;
         let files = self.row_groups(plan.files, &plan.bounds, exact).await?;
         let typed_files = self
@@ -349,32 +345,11 @@ impl TopicTable {
                 limit,
             )));
         }
-        let mut raw = match inputs.len() {
+        let raw = match inputs.len() {
             0 => None,
             1 => inputs.pop(),
             _ => Some(UnionExec::try_new(inputs)?),
         };
-        if let Some(ends) = tail {
-            let ranges = ends
-                .into_iter()
-                .map(|(partition, index, end)| HotRange {
-                    partition,
-                    index,
-                    from: end.max(plan.bounds.offset_lo),
-                    to: plan.bounds.offset_hi,
-                    ts_lo: plan.bounds.ts_lo,
-                    ts_hi: plan.bounds.ts_hi,
-                })
-                .collect();
-            raw = Some(Arc::new(TailExec::new(
-                self.topic.clone(),
-                raw,
-                ranges,
-                self.archive.clone(),
-                self.schema.project(projection)?.into(),
-                projection.iter().map(|&i| TABLE_COLUMNS[i]).collect(),
-            )));
-        }
         let typed = match typed {
             Some(t) if !typed_files.is_empty() => {
                 // partition, offset, timestamp, key, then the typed ones.
@@ -393,6 +368,101 @@ impl TopicTable {
             _ => None,
         };
         Ok(SplitScan { raw, typed })
+    }
+
+    /// Plans this table as a tail (see [`crate::tail`]): one output
+    /// partition per Kafka partition, each its history from where the query
+    /// starts up to the high watermark of this moment (archive, then hot
+    /// segments), then its records as they are committed.
+    async fn plan_tail(
+        &self,
+        state: &dyn Session,
+        start: OffsetReset,
+        projection: &[usize],
+        filters: &[Expr],
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        use datafusion::logical_expr::{col, lit};
+        let resume = state.config().get_extension::<QueryState>();
+        let t = self.log.topic(&self.topic).ok_or_else(|| {
+            DataFusionError::Plan(format!("topic '{}' does not exist", self.topic))
+        })?;
+        // Offsets and timestamps travel with the rows, for the query's
+        // progress and to read partitions' histories in time order.
+        let mut inner = projection.to_vec();
+        let mut position = |column: usize| match inner.iter().position(|&c| c == column) {
+            Some(i) => i,
+            None => {
+                inner.push(column);
+                inner.len() - 1
+            }
+        };
+        let offset = position(OFFSET_COLUMN);
+        let timestamp = position(TIMESTAMP_COLUMN);
+        let layout = TailLayout {
+            projection: inner.iter().map(|&i| TABLE_COLUMNS[i]).collect(),
+            offset,
+            timestamp,
+            output: (0..projection.len()).collect(),
+        };
+        let bounds = Bounds::from_filters(filters);
+        let mut parts = Vec::new();
+        for (i, p) in t.partitions.iter().enumerate() {
+            let index = i32::try_from(i).unwrap_or(i32::MAX);
+            if bounds.is_empty() || !bounds.has_partition(index) {
+                continue;
+            }
+            let hw = p.high_watermark();
+            let from = match (
+                resume
+                    .as_ref()
+                    .and_then(|r| r.resume_at(&self.topic, index)),
+                start,
+            ) {
+                (Some(offset), _) => offset,
+                (None, OffsetReset::Latest) => hw,
+                (None, OffsetReset::Earliest) => 0,
+            }
+            .max(bounds.offset_lo);
+            let end = hw.min(bounds.offset_hi);
+            let history = if from < end {
+                let mut f = filters.to_vec();
+                f.push(col("partition").eq(lit(index)));
+                f.push(col("offset").gt_eq(lit(from)));
+                f.push(col("offset").lt(lit(end)));
+                let bounded = TopicTable::new(&self.topic, self.log.clone(), self.archive.clone());
+                // (Boxed: plan_scan calls this for tails.)
+                Box::pin(bounded.plan_scan(state, &inner, &f, RowFilter::All, None, None))
+                    .await?
+                    .raw
+            } else {
+                None
+            };
+            parts.push(TailPart {
+                from,
+                history,
+                follow: HotRange {
+                    partition: p.clone(),
+                    index,
+                    from: from.max(end),
+                    to: bounds.offset_hi,
+                    ts_lo: bounds.ts_lo,
+                    ts_hi: bounds.ts_hi,
+                },
+            });
+        }
+        let schema = Arc::new(self.schema.project(projection)?);
+        if parts.is_empty() {
+            return Ok(Arc::new(datafusion::physical_plan::empty::EmptyExec::new(
+                schema,
+            )));
+        }
+        Ok(Arc::new(TailExec::new(
+            self.topic.clone(),
+            parts,
+            self.archive.clone(),
+            schema,
+            layout,
+        )))
     }
 
     /// Reads the footers of `files` (cached, a few at a time) and keeps the
@@ -664,9 +734,6 @@ pub(crate) struct ScanPlan {
     pub typed_files: Vec<(Path, u64)>,
     pub hot: Vec<HotRange>,
     pub bounds: Bounds,
-    /// Each partition the bounds keep, with the high watermark this plan
-    /// reads up to (where a tail of the scan starts).
-    pub ends: Vec<(Arc<Partition>, i32, i64)>,
 }
 
 impl ScanPlan {
@@ -686,7 +753,6 @@ impl ScanPlan {
             typed_files: Vec::new(),
             hot: Vec::new(),
             bounds: bounds.clone(),
-            ends: Vec::new(),
         };
         if bounds.is_empty() {
             return Ok(plan);
@@ -703,7 +769,6 @@ impl ScanPlan {
                 None
             };
             let hw = p.high_watermark();
-            plan.ends.push((p.clone(), index, hw));
             let mut archive_end = 0;
             if let Some(m) = &manifest {
                 archive_end = m.end_offset;
@@ -747,14 +812,14 @@ impl ScanPlan {
 /// Offsets `[from, to)` of one partition, read from the hot segments.
 #[derive(Clone)]
 pub(crate) struct HotRange {
-    partition: Arc<Partition>,
-    index: i32,
-    from: i64,
-    to: i64,
+    pub(crate) partition: Arc<Partition>,
+    pub(crate) index: i32,
+    pub(crate) from: i64,
+    pub(crate) to: i64,
     /// Only rows with timestamps in `[ts_lo, ts_hi]` are read (and rows
     /// before the first record at or after `ts_lo` are skipped).
-    ts_lo: i64,
-    ts_hi: i64,
+    pub(crate) ts_lo: i64,
+    pub(crate) ts_hi: i64,
 }
 
 impl fmt::Debug for HotRange {
@@ -886,186 +951,18 @@ impl ExecutionPlan for HotScanExec {
     }
 }
 
-struct HotReader {
-    topic: String,
-    archive: Arc<Archive>,
-    projection: Vec<usize>,
-    range: HotRange,
-    pos: i64,
-    left: usize,
-    started: bool,
-    /// Part of a tail: records still to come may match the time bounds.
-    follows: bool,
-}
-
-/// An unbounded scan, for push queries: the history (a bounded scan up to
-/// each partition's high watermark in the snapshot, when the query starts
-/// at the earliest offset), then each partition's records as they are
-/// committed, from exactly where the history ended. One output partition,
-/// so each Kafka partition's rows come out in offset order (the history's
-/// partitions are read one after another for the same reason).
-#[derive(Debug)]
-pub struct TailExec {
-    topic: String,
-    history: Option<Arc<dyn ExecutionPlan>>,
-    ranges: Vec<HotRange>,
-    archive: Arc<Archive>,
-    schema: SchemaRef,
+pub(crate) struct HotReader {
+    pub(crate) topic: String,
+    pub(crate) archive: Arc<Archive>,
     /// Archive-schema column indexes to output.
-    projection: Vec<usize>,
-    props: Arc<PlanProperties>,
-}
-
-impl TailExec {
-    fn new(
-        topic: String,
-        history: Option<Arc<dyn ExecutionPlan>>,
-        ranges: Vec<HotRange>,
-        archive: Arc<Archive>,
-        schema: SchemaRef,
-        projection: Vec<usize>,
-    ) -> Self {
-        let props = Arc::new(PlanProperties::new(
-            EquivalenceProperties::new(schema.clone()),
-            Partitioning::UnknownPartitioning(1),
-            EmissionType::Incremental,
-            Boundedness::Unbounded {
-                requires_infinite_memory: false,
-            },
-        ));
-        TailExec {
-            topic,
-            history,
-            ranges,
-            archive,
-            schema,
-            projection,
-            props,
-        }
-    }
-
-    /// One partition's records from `range.from` as they are committed,
-    /// up to `range.to`.
-    fn follow(&self, range: HotRange) -> futures::stream::BoxStream<'static, Result<RecordBatch>> {
-        let hw = range.partition.watch_high_watermark();
-        let reader = HotReader {
-            topic: self.topic.clone(),
-            archive: self.archive.clone(),
-            projection: self.projection.clone(),
-            pos: range.from,
-            range,
-            left: usize::MAX,
-            started: false,
-            follows: true,
-        };
-        futures::stream::try_unfold((reader, hw), |(mut r, mut hw)| async move {
-            loop {
-                if r.pos >= r.range.to {
-                    return Ok(None);
-                }
-                let pos = r.pos;
-                if hw.wait_for(|h| *h > pos).await.is_err() {
-                    return Err(DataFusionError::Execution(format!(
-                        "topic {} partition {} was closed",
-                        r.topic, r.range.index
-                    )));
-                }
-                if let Some(batch) = r.next_batch().await? {
-                    return Ok(Some((batch, (r, hw))));
-                }
-            }
-        })
-        .boxed()
-    }
-}
-
-impl DisplayAs for TailExec {
-    fn fmt_as(&self, _t: DisplayFormatType, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "TailExec: topic={} from=[", self.topic)?;
-        for (i, r) in self.ranges.iter().enumerate() {
-            if i > 0 {
-                write!(f, ", ")?;
-            }
-            write!(f, "p{}={}", r.index, r.from)?;
-        }
-        write!(f, "]")
-    }
-}
-
-impl ExecutionPlan for TailExec {
-    fn name(&self) -> &str {
-        "TailExec"
-    }
-
-    fn properties(&self) -> &Arc<PlanProperties> {
-        &self.props
-    }
-
-    fn children(&self) -> Vec<&Arc<dyn ExecutionPlan>> {
-        self.history.iter().collect()
-    }
-
-    fn apply_expressions(
-        &self,
-        _f: &mut dyn FnMut(&Arc<dyn PhysicalExpr>) -> Result<TreeNodeRecursion>,
-    ) -> Result<TreeNodeRecursion> {
-        Ok(TreeNodeRecursion::Continue)
-    }
-
-    fn with_new_children(
-        self: Arc<Self>,
-        mut children: Vec<Arc<dyn ExecutionPlan>>,
-    ) -> Result<Arc<dyn ExecutionPlan>> {
-        let history = children.pop();
-        if !children.is_empty() || history.is_some() != self.history.is_some() {
-            return Err(DataFusionError::Internal(
-                "TailExec takes back its own history plan".into(),
-            ));
-        }
-        Ok(Arc::new(TailExec {
-            topic: self.topic.clone(),
-            history,
-            ranges: self.ranges.clone(),
-            archive: self.archive.clone(),
-            schema: self.schema.clone(),
-            projection: self.projection.clone(),
-            props: self.props.clone(),
-        }))
-    }
-
-    fn execute(
-        &self,
-        partition: usize,
-        context: Arc<TaskContext>,
-    ) -> Result<SendableRecordBatchStream> {
-        if partition != 0 {
-            return Err(DataFusionError::Internal(format!(
-                "TailExec has one partition, not {partition}"
-            )));
-        }
-        // The history's partitions one after another: archive files in
-        // offset order, then the hot ranges, so that each Kafka
-        // partition's rows come out in offset order.
-        let history = match &self.history {
-            Some(h) => {
-                let h = h.clone();
-                let parts = h.properties().output_partitioning().partition_count();
-                futures::stream::iter(0..parts)
-                    .map(move |p| match h.execute(p, context.clone()) {
-                        Ok(s) => s.boxed(),
-                        Err(e) => futures::stream::once(async move { Err(e) }).boxed(),
-                    })
-                    .flatten()
-                    .boxed()
-            }
-            None => futures::stream::empty().boxed(),
-        };
-        let live = futures::stream::select_all(self.ranges.iter().cloned().map(|r| self.follow(r)));
-        Ok(Box::pin(RecordBatchStreamAdapter::new(
-            self.schema.clone(),
-            history.chain(live),
-        )))
-    }
+    pub(crate) projection: Vec<usize>,
+    pub(crate) range: HotRange,
+    /// The next offset to read.
+    pub(crate) pos: i64,
+    pub(crate) left: usize,
+    pub(crate) started: bool,
+    /// Part of a tail: records still to come may match the time bounds.
+    pub(crate) follows: bool,
 }
 
 /// The one input of a single-child plan node, given to `with_new_children`.
@@ -1098,7 +995,7 @@ fn external(e: impl std::error::Error + Send + Sync + 'static) -> DataFusionErro
 
 impl HotReader {
     /// The next non-empty batch of rows, or None at the end of the range.
-    async fn next_batch(&mut self) -> Result<Option<RecordBatch>> {
+    pub(crate) async fn next_batch(&mut self) -> Result<Option<RecordBatch>> {
         if !self.started {
             self.started = true;
             if self.range.ts_lo > i64::MIN {

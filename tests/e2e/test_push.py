@@ -10,6 +10,8 @@ closed connections end the query, which then leaves `SHOW QUERIES`.
 from __future__ import annotations
 
 import json
+import random
+import re
 import subprocess
 import threading
 import time
@@ -17,7 +19,7 @@ import time
 import psycopg
 from psycopg import errors
 
-from helpers import consume_partition, flush_all, producer, unique, wait_for
+from helpers import consume_partition, consume_to_end, flush_all, producer, unique, wait_for
 from test_sql import BASE_TS, connect, psql
 
 LOCKSTEP_TIMEOUT = 30
@@ -273,12 +275,97 @@ def test_persistent_queries_feed_tables_topics_and_survive_a_restart(broker):
     queries = {q[0]: q for q in running_queries(broker)}
     assert {f"CTAS_{table.upper()}", f"CSAS_{out.upper()}"} <= set(queries), queries
 
-    # after a restart the table is rebuilt from the log
+    # after a restart the queries resume from their checkpoints: the table
+    # is as it was and nothing is written twice
     broker.restart(clean=True)
     wait_for(lambda: pull(f"SELECT n, total FROM {table} WHERE user_id = 'u0'") == [(4, 21)],
-             timeout=LOCKSTEP_TIMEOUT, what="the table rebuilt after a restart")
+             timeout=LOCKSTEP_TIMEOUT, what="the table restored after a restart")
+    produce_one(p, topic, 15)  # u0, and qty >= 6
+    wait_for(lambda: pull(f"SELECT n, total FROM {table} WHERE user_id = 'u0'") == [(5, 36)],
+             timeout=LOCKSTEP_TIMEOUT, what="a record after the restart in the table")
+    msgs = consume_partition(broker.bootstrap, out, 0, 5)
+    assert [json.loads(m.value())["qty"] for m in msgs] == [6, 7, 8, 12, 15]
     assert "TERMINATE" in psql(broker, sql=f"TERMINATE CSAS_{out.upper()}").stdout
     assert "DROP TABLE" in psql(broker, sql=f"DROP TABLE {table}").stdout
     wait_for(lambda: not running_queries(broker), timeout=10, what="no query left")
     r = psql(broker, sql=f"SELECT * FROM {table}", check=False)
     assert r.returncode != 0 and "does not exist" in r.stderr, r.stderr
+
+
+def test_kill9_while_persistent_queries_run_leaves_tables_and_outputs_exact(broker):
+    """Records keep coming (two partitions, timestamps out of order within
+    the grace period) while three persistent queries work; the broker is
+    killed with SIGKILL mid-way and restarted. Each table then equals the
+    batch query over the same records, and the output stream holds each
+    matching record exactly once."""
+    topic, name = make_stream(broker, partitions=2)
+    totals, windows, out = f"{name}_totals", f"{name}_windows", f"{name}_sevens"
+    p = producer(broker.bootstrap, **{"linger.ms": 5, "enable.idempotence": True})
+    rng = random.Random(7)
+    sent = [0]
+    stop = threading.Event()
+
+    def feed():
+        while not stop.is_set():
+            for _ in range(200):
+                i = sent[0]
+                sent[0] += 1
+                p.produce(topic, key=f"k{i}".encode(), value=record(i), partition=i % 2,
+                          timestamp=BASE_TS + i * 5 - rng.randrange(0, 3000))
+            p.poll(0)
+            time.sleep(0.02)
+
+    t = threading.Thread(target=feed, daemon=True)
+    t.start()
+    try:
+        wait_for(lambda: sent[0] > 2000, timeout=LOCKSTEP_TIMEOUT, what="some input")
+        psql(broker, sql=f"CREATE TABLE {totals} AS SELECT user_id, count(*) AS n, sum(qty) AS total, "
+                         f"min(amount) AS lo, max(amount) AS hi FROM {name} GROUP BY user_id")
+        psql(broker, sql=f"CREATE TABLE {windows} AS SELECT user_id, count(*) AS n, avg(qty) AS mean "
+                         f"FROM {name} WINDOW TUMBLING (SIZE 10 SECONDS) GROUP BY user_id")
+        psql(broker, sql=f"CREATE STREAM {out} WITH (PARTITIONS=2) AS SELECT qty FROM {name} WHERE qty % 7 = 0")
+        time.sleep(1.5)
+        broker.kill9()
+        time.sleep(0.5)
+        broker.start()
+        time.sleep(1.5)
+    finally:
+        stop.set()
+        t.join(10)
+    flush_all(p)
+    # The queries resumed from checkpoints taken before the kill.
+    plain = re.sub(r"\x1b\[[0-9;]*m", "", broker.log_text())
+    assert plain.count("resumed=true") == 3, broker.log_tail()
+
+    def rows(sql: str) -> list[tuple]:
+        with connect(broker) as conn:
+            return sorted(conn.execute(sql).fetchall())
+
+    batch_totals = f"SELECT user_id, count(*), sum(qty), min(amount), max(amount) FROM {name} GROUP BY user_id"
+    batch_windows = (f"SELECT user_id, windowstart, count(*), avg(qty) FROM {name} "
+                     f"WINDOW TUMBLING (SIZE 10 SECONDS) GROUP BY user_id")
+    want = rows(batch_totals)
+    assert sum(r[1] for r in want) >= sent[0] - 1000, (want, sent[0])
+    wait_for(lambda: rows(f"SELECT user_id, n, total, lo, hi FROM {totals}") == want,
+             timeout=60, what="the table equal to the batch query",
+             status=lambda: f"{rows(f'SELECT * FROM {totals}')} != {want}")
+    want_windows = rows(batch_windows)
+    wait_for(lambda: rows(f"SELECT user_id, windowstart, n, mean FROM {windows}") == want_windows,
+             timeout=60, what="the windowed table equal to the batch query")
+    want_sevens = sorted(r[0] for r in rows(f"SELECT qty FROM {name} WHERE qty % 7 = 0"))
+
+    def sevens() -> list[int]:
+        return sorted(json.loads(m.value())["qty"]
+                      for part in (0, 1) for m in consume_to_end(broker.bootstrap, out, part))
+
+    wait_for(lambda: len(sevens()) >= len(want_sevens), timeout=60, what="the output stream caught up")
+    assert sevens() == want_sevens
+
+    # The changelog's last row per key is the table's.
+    def changelog() -> dict:
+        latest = {m.key().decode(): json.loads(m.value()) for m in consume_to_end(broker.bootstrap, totals, 0)}
+        return {k: (v["n"], v["total"]) for k, v in latest.items()}
+
+    want_changelog = {r[0]: (r[1], r[2]) for r in want}
+    wait_for(lambda: changelog() == want_changelog, timeout=30, what="the changelog's latest rows",
+             status=lambda: f"{changelog()} != {want_changelog}")
