@@ -33,10 +33,11 @@ use pgwire::error::{ErrorInfo, PgWireError, PgWireResult};
 use pgwire::messages::cancel::CancelRequest;
 use pgwire::messages::data::DataRow;
 use pgwire::messages::PgWireBackendMessage;
-use sediment_sql::{Engine, Prepared, SqlError};
+use sediment_sql::{CursorStatement, Engine, Prepared, SqlError};
 use tokio::net::TcpListener;
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
+mod cursor;
 mod push;
 
 type Statement = <DfSessionService as ExtendedQueryHandler>::Statement;
@@ -57,12 +58,14 @@ pub async fn serve(listener: TcpListener, engine: Arc<Engine>, shutdown: Cancell
                 tokio::spawn(async move {
                     tokio::select! {
                         _ = shutdown.cancelled() => {}
-                        r = pgwire::tokio::process_socket(socket, None, handlers) => {
+                        r = pgwire::tokio::process_socket(socket, None, handlers.clone()) => {
                             if let Err(e) = r {
                                 tracing::debug!(%peer, error = %e, "postgres connection ended with an error");
                             }
                         }
                     }
+                    // Its cursors' queries end with it.
+                    handlers.service.cursors.forget(peer);
                 });
             }
             Err(e) => {
@@ -84,9 +87,11 @@ impl Handlers {
     fn new(engine: Arc<Engine>) -> Self {
         let ctx = Arc::new(engine.context().clone());
         let df = Arc::new(DfSessionService::new(ctx));
+        let cursors = Arc::new(cursor::Cursors::default());
         let parser = Arc::new(Parser {
             engine: engine.clone(),
             inner: df.query_parser(),
+            cursors: cursors.clone(),
         });
         let connections = Arc::new(ConnectionManager::new());
         let running = Arc::new(Running::default());
@@ -96,6 +101,7 @@ impl Handlers {
                 df,
                 parser,
                 running: running.clone(),
+                cursors,
             }),
             startup: Arc::new(Startup {
                 connections: connections.clone(),
@@ -184,6 +190,7 @@ struct Service {
     df: Arc<DfSessionService>,
     parser: Arc<Parser>,
     running: Arc<Running>,
+    cursors: Arc<cursor::Cursors>,
 }
 
 /// Result streams in flight, by connection (pid), with the secret a cancel
@@ -340,6 +347,85 @@ impl Service {
     }
 }
 
+impl Service {
+    /// Runs `DECLARE`, `FETCH` or `CLOSE` for this connection.
+    async fn cursor<C>(
+        &self,
+        client: &mut C,
+        c: CursorStatement,
+        format: &Format,
+    ) -> PgWireResult<Response>
+    where
+        C: ClientInfo + Unpin + Send + Sync,
+    {
+        let conn = client.socket_addr();
+        match c {
+            CursorStatement::Declare { name, query } => {
+                let q = match sediment_sql::push::parse(&query).map_err(user_error)? {
+                    Some(q) if q.copy.is_none() => q,
+                    Some(_) => {
+                        return Err(user_error(SqlError::syntax(
+                            "DECLARE ... CURSOR FOR takes a query, not COPY",
+                        )))
+                    }
+                    None => sediment_sql::PushQuery {
+                        sql: query,
+                        changes: false,
+                        emit_final: false,
+                        copy: None,
+                    },
+                };
+                let props = push::properties(client);
+                let stream = self.engine.push(&q, &props).await.map_err(user_error)?;
+                self.cursors
+                    .declare(conn, name, stream.schema, stream.stream, q.changes)
+                    .map_err(user_error)?;
+                Ok(Response::Execution(Tag::new("DECLARE CURSOR")))
+            }
+            CursorStatement::Fetch {
+                name,
+                count,
+                timeout,
+            } => {
+                let cursor = self.cursors.get(conn, &name).map_err(user_error)?;
+                let registered = self.running.register(client);
+                let mut cursor = cursor.lock().await;
+                let batches = cursor
+                    .fetch(count, timeout, &registered.token)
+                    .await
+                    .map_err(user_error)?;
+                let fields = Arc::new(
+                    datafusion_postgres::arrow_pg::datatypes::arrow_schema_to_pg_fields(
+                        &cursor.schema,
+                        format,
+                        None,
+                    )?,
+                );
+                let rows: Vec<PgWireResult<DataRow>> = batches
+                    .into_iter()
+                    .flat_map(|b| {
+                        datafusion_postgres::arrow_pg::datatypes::encode_recordbatch(
+                            fields.clone(),
+                            b,
+                        )
+                        .collect::<Vec<_>>()
+                    })
+                    .collect();
+                let mut response =
+                    pgwire::api::results::QueryResponse::new(fields, futures::stream::iter(rows));
+                response.set_command_tag("FETCH");
+                Ok(Response::Query(response))
+            }
+            CursorStatement::Close { name } => {
+                self.cursors
+                    .close(conn, name.as_deref())
+                    .map_err(user_error)?;
+                Ok(Response::Execution(Tag::new("CLOSE CURSOR")))
+            }
+        }
+    }
+}
+
 #[async_trait]
 impl SimpleQueryHandler for Service {
     async fn do_query<C>(&self, client: &mut C, query: &str) -> PgWireResult<Vec<Response>>
@@ -369,6 +455,9 @@ impl SimpleQueryHandler for Service {
                 Prepared::Set(set) => {
                     let tag = push::set_property(client, &set.name, set.value.as_deref())?;
                     out.push(Response::Execution(tag));
+                }
+                Prepared::Cursor(c) => {
+                    out.push(self.cursor(client, c, &Format::UnifiedText).await?);
                 }
                 Prepared::Push(q) => {
                     // Its rows go out before pgwire sends the responses
@@ -422,20 +511,28 @@ impl ExtendedQueryHandler for Service {
         PgWireError: From<<C as futures::Sink<PgWireBackendMessage>>::Error>,
     {
         let (sql, planned) = &portal.statement.statement;
-        // Statements kept as text, and push queries (planned only for
-        // their result's description), are run here.
-        let ours = planned.is_none() && sediment_sql::statements::is_custom(sql);
-        if ours || sediment_sql::push::parse(sql).is_ok_and(|q| q.is_some()) {
-            return match self.engine.prepare(sql).await.map_err(user_error)? {
+        // Statements kept as text (ours, and what DataFusion plans no
+        // query for), push queries (planned only for their result's
+        // description) and FETCH (described by its cursor) are run here.
+        let ours = planned.is_none()
+            || sediment_sql::push::parse(sql).is_ok_and(|q| q.is_some())
+            || sediment_sql::cursor::parse(sql).is_ok_and(|c| c.is_some());
+        if ours {
+            match self.engine.prepare(sql).await.map_err(user_error)? {
                 Prepared::Custom(c) => {
                     let tag = self.engine.run(c).await.map_err(user_error)?;
-                    Ok(Response::Execution(Tag::new(&tag)))
+                    return Ok(Response::Execution(Tag::new(&tag)));
                 }
-                Prepared::Set(set) => Ok(Response::Execution(push::set_property(
-                    client,
-                    &set.name,
-                    set.value.as_deref(),
-                )?)),
+                Prepared::Set(set) => {
+                    return Ok(Response::Execution(push::set_property(
+                        client,
+                        &set.name,
+                        set.value.as_deref(),
+                    )?))
+                }
+                Prepared::Cursor(c) => {
+                    return self.cursor(client, c, &portal.result_column_format).await
+                }
                 Prepared::Push(q) => {
                     if !portal.parameters.is_empty() {
                         return Err(user_error(
@@ -444,12 +541,13 @@ impl ExtendedQueryHandler for Service {
                         ));
                     }
                     let format = &portal.result_column_format;
-                    Ok(Response::Execution(
+                    return Ok(Response::Execution(
                         self.push(client, &q, format, false).await?,
-                    ))
+                    ));
                 }
-                Prepared::Sql(_) => Ok(Response::EmptyQuery),
-            };
+                // DataFusion's own (BEGIN, SET, SHOW ...).
+                Prepared::Sql(_) => {}
+            }
         }
         let registered = self.running.register(client);
         let response = ExtendedQueryHandler::do_query(&*self.df, client, portal, max_rows).await?;
@@ -464,6 +562,7 @@ impl ExtendedQueryHandler for Service {
 struct Parser {
     engine: Arc<Engine>,
     inner: Arc<DfParser>,
+    cursors: Arc<cursor::Cursors>,
 }
 
 #[async_trait]
@@ -490,6 +589,31 @@ impl QueryParser for Parser {
         }
         match self.engine.prepare(first).await.map_err(user_error)? {
             Prepared::Custom(_) | Prepared::Set(_) => Ok(Some((first.clone(), None))),
+            // A FETCH is described by its cursor's rows.
+            Prepared::Cursor(CursorStatement::Fetch { name, .. }) => {
+                let schema = self
+                    .cursors
+                    .schema(client.socket_addr(), &name)
+                    .map_err(user_error)?;
+                let df_schema = datafusion::common::DFSchema::try_from(schema.as_ref().clone())
+                    .map_err(|e| user_error(sediment_sql::sqlstate(&e)))?;
+                let plan = datafusion::logical_expr::LogicalPlan::EmptyRelation(
+                    datafusion::logical_expr::EmptyRelation {
+                        produce_one_row: false,
+                        schema: Arc::new(df_schema),
+                    },
+                );
+                // What pgwire describes a query by: any SELECT, and the plan.
+                let select = datafusion::sql::sqlparser::parser::Parser::parse_sql(
+                    &datafusion::sql::sqlparser::dialect::PostgreSqlDialect {},
+                    "SELECT NULL",
+                )
+                .ok()
+                .and_then(|mut v| v.pop())
+                .ok_or_else(|| user_error(SqlError::internal("parsing SELECT NULL".into())))?;
+                Ok(Some((first.clone(), Some((select, plan)))))
+            }
+            Prepared::Cursor(_) => Ok(Some((first.clone(), None))),
             Prepared::Sql(rewritten) => self.inner.parse_sql(client, &rewritten, types).await,
             // Planned as a plain query, for the description of its rows;
             // run as a push query (the text keeps EMIT CHANGES).

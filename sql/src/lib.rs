@@ -28,6 +28,7 @@ use sediment_tiering::Archive;
 
 pub mod checkpoint;
 pub mod continuous;
+pub mod cursor;
 pub mod functions;
 pub mod insert;
 mod lex;
@@ -41,6 +42,7 @@ pub mod tail;
 pub mod topic_table;
 pub mod window;
 
+pub use cursor::CursorStatement;
 pub use push::{CopyOptions, Properties, PushQuery};
 pub use statements::{split_statements, Custom, Prepared};
 pub use stream::{DecodeErrors, StreamDef, StreamRegistry};
@@ -217,6 +219,12 @@ impl Engine {
                 Prepared::Set(set) => {
                     props.set(&set.name, set.value.as_deref())?;
                     Outcome::Command(if set.value.is_some() { "SET" } else { "UNSET" }.into())
+                }
+                Prepared::Cursor(_) => {
+                    return Err(SqlError::new(
+                        "0A000",
+                        "cursors belong to a Postgres connection: DECLARE, FETCH and CLOSE work over the Postgres protocol",
+                    ))
                 }
             };
         }

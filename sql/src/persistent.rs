@@ -23,7 +23,7 @@
 //! nothing is lost or counted twice. Pull queries read the table as it is
 //! maintained, ahead of its last checkpoint.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -33,9 +33,10 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use datafusion::arrow::array::{ArrayRef, RecordBatch, StringArray};
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use datafusion::arrow::row::{RowConverter, SortField};
 use datafusion::arrow::util::display::array_value_to_string;
 use datafusion::catalog::{Session, TableProvider};
-use datafusion::common::{Result, ScalarValue};
+use datafusion::common::Result;
 use datafusion::datasource::memory::MemorySourceConfig;
 use datafusion::datasource::TableType;
 use datafusion::logical_expr::{Expr, LogicalPlan};
@@ -335,30 +336,102 @@ pub fn parse_create_as(sql: &str) -> Result<Option<CreateAs>, SqlError> {
     }))
 }
 
-/// A table a persistent query keeps up to date: the latest row of each key.
+/// A table a persistent query keeps up to date: the latest row of each key,
+/// in Arrow's row format (keys and whole rows), so that upserting a batch
+/// of changes and reading the table back are vectorized.
 pub struct MaterializedTable {
     schema: SchemaRef,
     /// Output columns that form the key.
     key_columns: Vec<usize>,
-    rows: Mutex<BTreeMap<String, Vec<ScalarValue>>>,
+    rows: Mutex<Rows>,
 }
+
+/// Key row -> whole row, both in the row format.
+struct Rows {
+    keys: RowConverter,
+    all: RowConverter,
+    map: HashMap<Box<[u8]>, Box<[u8]>>,
+}
+
+/// A key of a [`MaterializedTable`], in the row format.
+pub(crate) type RowKey = Box<[u8]>;
 
 impl fmt::Debug for MaterializedTable {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "MaterializedTable({} keys)", self.rows.lock().len())
+        write!(f, "MaterializedTable({} keys)", self.len())
     }
 }
 
 impl MaterializedTable {
-    /// Upserts the rows of one batch of changes; each row's key as text
-    /// (one key column: its value; several: a JSON object).
-    fn apply(&self, b: &RecordBatch) -> Result<Vec<String>> {
-        let mut keys = Vec::with_capacity(b.num_rows());
+    fn new(schema: SchemaRef, key_columns: Vec<usize>) -> Result<Self> {
+        let field = |i: usize| SortField::new(schema.field(i).data_type().clone());
+        let rows = Rows {
+            keys: RowConverter::new(key_columns.iter().map(|&i| field(i)).collect())?,
+            all: RowConverter::new((0..schema.fields().len()).map(field).collect())?,
+            map: HashMap::new(),
+        };
+        Ok(MaterializedTable {
+            schema,
+            key_columns,
+            rows: Mutex::new(rows),
+        })
+    }
+
+    /// Upserts the rows of one batch of changes; the keys it changed.
+    fn apply(&self, b: &RecordBatch) -> Result<Vec<RowKey>> {
+        let key_cols: Vec<ArrayRef> = self
+            .key_columns
+            .iter()
+            .map(|&c| b.column(c).clone())
+            .collect();
         let mut rows = self.rows.lock();
-        for r in 0..b.num_rows() {
-            let key = if self.key_columns.len() == 1 {
-                array_value_to_string(b.column(self.key_columns[0]), r)?
-            } else {
+        let keys = rows.keys.convert_columns(&key_cols)?;
+        let all = rows.all.convert_columns(b.columns())?;
+        let mut changed = Vec::with_capacity(b.num_rows());
+        for i in 0..b.num_rows() {
+            let key: RowKey = keys.row(i).as_ref().into();
+            rows.map.insert(key.clone(), all.row(i).as_ref().into());
+            changed.push(key);
+        }
+        Ok(changed)
+    }
+
+    fn snapshot(&self) -> Result<RecordBatch> {
+        let rows = self.rows.lock();
+        self.batch(&rows, rows.map.values())
+    }
+
+    /// The rows of `keys` (those it has).
+    fn rows_for<'a>(&self, keys: impl Iterator<Item = &'a RowKey>) -> Result<RecordBatch> {
+        let rows = self.rows.lock();
+        let found: Vec<&Box<[u8]>> = keys.filter_map(|k| rows.map.get(k)).collect();
+        self.batch(&rows, found.into_iter())
+    }
+
+    fn batch<'a>(
+        &self,
+        rows: &Rows,
+        values: impl Iterator<Item = &'a Box<[u8]>>,
+    ) -> Result<RecordBatch> {
+        let parser = rows.all.parser();
+        let values: Vec<_> = values.map(|r| parser.parse(r)).collect();
+        let n = values.len();
+        let columns = rows.all.convert_rows(values)?;
+        Ok(RecordBatch::try_new_with_options(
+            self.schema.clone(),
+            columns,
+            &datafusion::arrow::array::RecordBatchOptions::new().with_row_count(Some(n)),
+        )?)
+    }
+
+    /// Each row's key as record-key text: one key column's value, or a
+    /// JSON object of several.
+    fn key_text(&self, b: &RecordBatch) -> Result<Vec<String>> {
+        (0..b.num_rows())
+            .map(|r| {
+                if let [c] = self.key_columns.as_slice() {
+                    return Ok(array_value_to_string(b.column(*c), r)?);
+                }
                 let mut m = serde_json::Map::new();
                 for &c in &self.key_columns {
                     m.insert(
@@ -366,48 +439,44 @@ impl MaterializedTable {
                         serde_json::Value::String(array_value_to_string(b.column(c), r)?),
                     );
                 }
-                serde_json::Value::Object(m).to_string()
-            };
-            let row = b
-                .columns()
-                .iter()
-                .map(|c| ScalarValue::try_from_array(c, r))
-                .collect::<Result<Vec<_>>>()?;
-            rows.insert(key.clone(), row);
-            keys.push(key);
-        }
-        Ok(keys)
+                Ok(serde_json::Value::Object(m).to_string())
+            })
+            .collect()
     }
 
-    fn snapshot(&self) -> Result<RecordBatch> {
+    /// The key a pull query's filters pin (`k = <literal>` on a table with
+    /// one key column).
+    fn lookup_key(&self, filters: &[Expr]) -> Option<RowKey> {
+        use datafusion::logical_expr::{BinaryExpr, Operator};
+        let [key] = self.key_columns.as_slice() else {
+            return None;
+        };
+        let field = self.schema.field(*key);
+        let value = filters.iter().find_map(|f| match f {
+            Expr::BinaryExpr(BinaryExpr {
+                left,
+                op: Operator::Eq,
+                right,
+            }) => match (left.as_ref(), right.as_ref()) {
+                (Expr::Column(c), Expr::Literal(v, _)) | (Expr::Literal(v, _), Expr::Column(c))
+                    if c.name == *field.name()
+                        && v.data_type() == *field.data_type()
+                        && !v.is_null() =>
+                {
+                    Some(v.clone())
+                }
+                _ => None,
+            },
+            _ => None,
+        })?;
+        let array = value.to_array().ok()?;
         let rows = self.rows.lock();
-        self.batch(rows.values())
-    }
-
-    /// The rows of `keys` (those it has), and their keys.
-    fn rows_for(&self, keys: &BTreeSet<String>) -> Result<(RecordBatch, Vec<String>)> {
-        let rows = self.rows.lock();
-        let found: Vec<(&String, &Vec<ScalarValue>)> =
-            keys.iter().filter_map(|k| rows.get_key_value(k)).collect();
-        let batch = self.batch(found.iter().map(|(_, r)| *r))?;
-        Ok((batch, found.into_iter().map(|(k, _)| k.clone()).collect()))
-    }
-
-    fn batch<'a>(
-        &self,
-        rows: impl Iterator<Item = &'a Vec<ScalarValue>> + Clone,
-    ) -> Result<RecordBatch> {
-        if rows.clone().next().is_none() {
-            return Ok(RecordBatch::new_empty(self.schema.clone()));
-        }
-        let columns = (0..self.schema.fields().len())
-            .map(|c| ScalarValue::iter_to_array(rows.clone().map(|r| r[c].clone())))
-            .collect::<Result<Vec<ArrayRef>>>()?;
-        Ok(RecordBatch::try_new(self.schema.clone(), columns)?)
+        let converted = rows.keys.convert_columns(&[array]).ok()?;
+        Some(converted.row(0).as_ref().into())
     }
 
     pub fn len(&self) -> usize {
-        self.rows.lock().len()
+        self.rows.lock().map.len()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -425,14 +494,29 @@ impl TableProvider for MaterializedTable {
         TableType::View
     }
 
+    fn supports_filters_pushdown(
+        &self,
+        filters: &[&Expr],
+    ) -> Result<Vec<datafusion::logical_expr::TableProviderFilterPushDown>> {
+        // A key lookup narrows the scan to one row; DataFusion still
+        // applies every filter.
+        Ok(vec![
+            datafusion::logical_expr::TableProviderFilterPushDown::Inexact;
+            filters.len()
+        ])
+    }
+
     async fn scan(
         &self,
         _state: &dyn Session,
         projection: Option<&Vec<usize>>,
-        _filters: &[Expr],
+        filters: &[Expr],
         _limit: Option<usize>,
     ) -> Result<Arc<dyn ExecutionPlan>> {
-        let batch = self.snapshot()?;
+        let batch = match self.lookup_key(filters) {
+            Some(key) => self.rows_for(std::iter::once(&key))?,
+            None => self.snapshot()?,
+        };
         Ok(MemorySourceConfig::try_new_exec(
             &[vec![batch]],
             self.schema.clone(),
@@ -605,11 +689,7 @@ impl Engine {
                     )
                     .await?;
                 let keys = key_columns(&plan, &schema)?;
-                Some(Arc::new(MaterializedTable {
-                    schema: schema.clone(),
-                    key_columns: keys,
-                    rows: Mutex::new(BTreeMap::new()),
-                }))
+                Some(Arc::new(MaterializedTable::new(schema.clone(), keys)?))
             }
             Kind::Stream => {
                 if new {
@@ -685,7 +765,7 @@ impl Engine {
             sink,
             project,
             rows: Vec::new(),
-            changed: BTreeSet::new(),
+            changed: HashSet::new(),
             committed: saved.as_ref().map(Checkpoint::resume).unwrap_or_default(),
         };
         let id = def.id.clone();
@@ -798,7 +878,7 @@ struct Runner {
     /// A stream's output rows since the last commit.
     rows: Vec<RecordBatch>,
     /// A table's keys changed since the last commit.
-    changed: BTreeSet<String>,
+    changed: HashSet<RowKey>,
     /// The input offsets of the last commit.
     committed: BTreeMap<(String, i32), i64>,
 }
@@ -849,9 +929,10 @@ impl Runner {
     async fn commit(&mut self) -> Result<(), SqlError> {
         let mut rows = std::mem::take(&mut self.rows);
         if let Some(t) = &self.table {
-            let (b, keys) = t.rows_for(&std::mem::take(&mut self.changed))?;
+            let changed = std::mem::take(&mut self.changed);
+            let b = t.rows_for(changed.iter())?;
             if b.num_rows() > 0 {
-                rows.push((self.project)(&b, Some(keys))?);
+                rows.push((self.project)(&b, Some(t.key_text(&b)?))?);
             }
         }
         let topic = self.log.topic(&self.topic).ok_or_else(|| {

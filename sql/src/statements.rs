@@ -55,6 +55,9 @@ pub enum Prepared {
     Push(PushQuery),
     /// A connection's push query property (`SET 'name' = 'value'`).
     Set(SetProperty),
+    /// `DECLARE`, `FETCH` or `CLOSE` (run by the Postgres server, which
+    /// holds the connection's cursors).
+    Cursor(crate::cursor::CursorStatement),
 }
 
 /// Splits a query string into statements at top-level semicolons (not
@@ -139,6 +142,9 @@ impl Engine {
     pub async fn prepare(&self, sql: &str) -> Result<Prepared, SqlError> {
         if let Some(set) = push::parse_set(sql)? {
             return Ok(Prepared::Set(set));
+        }
+        if let Some(c) = crate::cursor::parse(sql)? {
+            return Ok(Prepared::Cursor(c));
         }
         if let Some(c) = crate::persistent::parse_create_as(sql)? {
             return Ok(Prepared::Custom(Custom::CreateAs(c)));

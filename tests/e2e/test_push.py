@@ -369,3 +369,55 @@ def test_kill9_while_persistent_queries_run_leaves_tables_and_outputs_exact(brok
     want_changelog = {r[0]: (r[1], r[2]) for r in want}
     wait_for(lambda: changelog() == want_changelog, timeout=30, what="the changelog's latest rows",
              status=lambda: f"{changelog()} != {want_changelog}")
+
+
+def test_cursors_fetch_a_push_query_page_by_page(broker):
+    """DECLARE ... CURSOR FOR a push query, then FETCH (psycopg, extended
+    protocol, and psql, simple protocol): a FETCH waits for the first rows
+    and returns what is ready, its timeout bounds the wait, CLOSE ends it.
+    A cursor over an ordinary query pages through it."""
+    topic, name = make_stream(broker)
+    p = producer(broker.bootstrap, **{"linger.ms": 0})
+    for i in range(3):
+        produce_one(p, topic, i)
+    with connect(broker) as conn:
+        conn.execute("SET 'auto.offset.reset' = 'earliest'")
+        conn.execute(f"DECLARE c CURSOR FOR SELECT qty, user_id FROM {name} EMIT CHANGES")
+        got: list[int] = []
+        deadline = time.monotonic() + LOCKSTEP_TIMEOUT
+        while len(got) < 3 and time.monotonic() < deadline:
+            cur = conn.execute("FETCH 10 FROM c")
+            assert [d.name for d in cur.description] == ["qty", "user_id"]
+            got += [r[0] for r in cur.fetchall()]
+        assert sorted(got) == [0, 1, 2]
+        # Nothing new: the timeout ends the wait with no rows.
+        t0 = time.monotonic()
+        assert conn.execute("FETCH 5 FROM c WITH (timeout = '300ms')").fetchall() == []
+        assert 0.25 < time.monotonic() - t0 < 10
+        # A record produced while FETCH waits is its row.
+        threading.Timer(0.5, produce_one, (p, topic, 10)).start()
+        assert conn.execute("FETCH NEXT FROM c").fetchall() == [(10, "u1")]
+        conn.execute("CLOSE c")
+        try:
+            conn.execute("FETCH 1 FROM c")
+            raise AssertionError("FETCH after CLOSE worked")
+        except errors.InvalidCursorName:
+            pass
+        # A cursor over an ordinary query pages through it, then ends.
+        conn.execute(f"DECLARE b CURSOR FOR SELECT qty FROM {name} ORDER BY qty")
+        assert conn.execute("FETCH 2 FROM b").fetchall() == [(0,), (1,)]
+        assert conn.execute("FETCH ALL FROM b").fetchall() == [(2,), (10,)]
+        assert conn.execute("FETCH 1 FROM b").fetchall() == []
+        try:
+            conn.execute("FETCH PRIOR FROM b")
+            raise AssertionError("FETCH PRIOR worked")
+        except errors.FeatureNotSupported:
+            pass
+    # psql: one session, one statement per -c (the simple protocol).
+    r = psql(broker, "-c", "SET 'auto.offset.reset' = 'earliest'",
+             "-c", f"DECLARE p CURSOR FOR SELECT qty FROM {name} WHERE qty >= 2 EMIT CHANGES",
+             "-c", "FETCH 1 FROM p", "-c", "FETCH 1 FROM p", "-c", "CLOSE p")
+    assert r.stdout.split() == ["SET", "DECLARE", "CURSOR", "2", "10", "CLOSE", "CURSOR"], r.stdout
+    # The connection's cursors end with it: no push query is left running.
+    wait_for(lambda: not [q for q in running_queries(broker) if q[1] == "PUSH"], timeout=10,
+             what="the cursors' queries to end with their connections")
