@@ -101,27 +101,37 @@ def produce(bootstrap: str, topic: str, records: int, keys: int, partitions: int
     return time.monotonic() - t0
 
 
-def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def common_args(ap: argparse.ArgumentParser, out: str, flush_policy: str) -> None:
+    """The arguments every SQL-over-streams harness takes."""
     ap.add_argument("--binary", dest="sediment_bin", default=str(bench.REPO / "target" / "release" / "sediment"))
     ap.add_argument("--records", type=int, default=2_000_000)
     ap.add_argument("--keys", type=int, default=100_000)
     ap.add_argument("--partitions", type=int, default=2)
-    ap.add_argument("--event-rate", type=int, default=100_000, help="records per second of event time")
     ap.add_argument("--work-dir", default=None)
-    ap.add_argument("--out", default="bench-continuous.json")
-    ap.add_argument("--flush-policy", default="interval")
-    a = ap.parse_args()
+    ap.add_argument("--out", default=out)
+    ap.add_argument("--flush-policy", default=flush_policy)
+
+
+def start(a, name: str, tiering_ms: int, retention_ms: int) -> tuple[bench.Broker, str, dict]:
+    """A work dir, the results' header and a broker with a Postgres port: (broker, dsn, results)."""
     import tempfile
 
-    import psycopg
-
-    a.work = Path(a.work_dir or tempfile.mkdtemp(prefix="sediment-continuous-"))
+    a.work = Path(a.work_dir or tempfile.mkdtemp(prefix=f"sediment-{name}-"))
     a.work.mkdir(parents=True, exist_ok=True)
     res: dict = {"args": {k: str(v) for k, v in vars(a).items()}, "machine": bench.machine_info(a.work)}
     pg_port = bench.free_port()
-    b, _, _ = tiering.start_broker(a, a.work / "data", "continuous", 3_600_000, 3_600_000, pg_port=pg_port)
-    dsn = f"host=127.0.0.1 port={pg_port} user=sediment dbname=sediment"
+    b, _, _ = tiering.start_broker(a, a.work / "data", name, tiering_ms, retention_ms, pg_port=pg_port)
+    return b, f"host=127.0.0.1 port={pg_port} user=sediment dbname=sediment", res
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    common_args(ap, "bench-continuous.json", "interval")
+    ap.add_argument("--event-rate", type=int, default=100_000, help="records per second of event time")
+    a = ap.parse_args()
+    import psycopg
+
+    b, dsn, res = start(a, "continuous", 3_600_000, 3_600_000)
     try:
         per_partition = a.records // a.partitions
         records = per_partition * a.partitions

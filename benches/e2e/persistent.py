@@ -46,29 +46,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench  # noqa: E402
+import continuous  # noqa: E402
 import tiering  # noqa: E402
 
 log = bench.log
-
-
-def produce(bootstrap: str, topic: str, records: int, keys: int, partitions: int, base_ts: int) -> float:
-    from confluent_kafka import Producer
-
-    p = Producer({"bootstrap.servers": bootstrap, "linger.ms": 20, "batch.size": 1_000_000,
-                  "queue.buffering.max.messages": 1_000_000, "enable.idempotence": True})
-    t0 = time.monotonic()
-    for i in range(records):
-        value = b'{"k":"k%d","x":%d}' % ((i * 7919) % keys, i % 1000)
-        while True:
-            try:
-                p.produce(topic, value=value, partition=i % partitions, timestamp=base_ts + i // 100)
-                break
-            except BufferError:
-                p.poll(0.05)
-        if i % 10000 == 0:
-            p.poll(0)
-    assert p.flush(120) == 0, "records left unsent"
-    return time.monotonic() - t0
 
 
 def partitions(c, topic: str) -> list[tuple]:
@@ -76,14 +57,20 @@ def partitions(c, topic: str) -> list[tuple]:
                      'FROM sediment.partitions WHERE "topic" = %s ORDER BY "partition"', (topic,)).fetchall()
 
 
-def wait_archived(c, topic: str, timeout: float = 600) -> list[tuple]:
-    t0 = time.monotonic()
+def wait_archived(c, topic: str, stall: float = 60) -> list[tuple]:
+    """Until everything below the active segments is archived; fails after
+    `stall` seconds without progress (a partition with less data than a
+    segment, or than one producer batch, never seals one)."""
+    last, since = None, time.monotonic()
     while True:
         parts = partitions(c, topic)
-        if parts and all(p[2] <= 1 and (p[0] or 0) >= p[1] for p in parts):
+        if parts and all(p[0] is not None and p[2] <= 1 and p[0] >= p[1] for p in parts):
             return parts
-        if time.monotonic() - t0 > timeout:
-            raise RuntimeError(f"archive did not catch up: {parts}")
+        if parts != last:
+            last, since = parts, time.monotonic()
+        if time.monotonic() - since > stall:
+            raise RuntimeError(f"archive made no progress for {stall:.0f} s (more --records or a smaller "
+                               f"--segment-bytes?): {parts}")
         time.sleep(0.5)
 
 
@@ -101,7 +88,7 @@ def backfill(a, b, dsn: str, res: dict) -> None:
             "segment.bytes": str(a.segment_bytes)})
         c.execute("CREATE STREAM ev (k VARCHAR, x BIGINT) WITH (KAFKA_TOPIC='ev')")
         base_ts = (int(time.time()) - 7200) * 1000
-        secs = produce(b.bootstrap, "ev", a.records, a.keys, a.partitions, base_ts)
+        secs = continuous.produce(b.bootstrap, "ev", a.records, a.keys, a.partitions, base_ts, 100_000)
         res["load"] = {"records": a.records, "seconds": secs, "records_per_s": a.records / secs}
         log(f"loaded {a.records:,} records in {secs:.1f} s ({a.records / secs:,.0f}/s)")
         parts = wait_archived(c, "ev")
@@ -241,26 +228,13 @@ def summ(xs: list[float]) -> dict:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--binary", dest="sediment_bin", default=str(bench.REPO / "target" / "release" / "sediment"))
-    ap.add_argument("--records", type=int, default=2_000_000)
-    ap.add_argument("--keys", type=int, default=100_000)
-    ap.add_argument("--partitions", type=int, default=2)
+    continuous.common_args(ap, "bench-persistent.json", "fsync")
     ap.add_argument("--segment-bytes", type=int, default=4 << 20)
     ap.add_argument("--rate", type=int, default=0, help="freshness load, records/s (default: half the load rate)")
     ap.add_argument("--duration", type=float, default=20.0, help="seconds of probes")
     ap.add_argument("--probe-ms", type=int, default=100)
-    ap.add_argument("--work-dir", default=None)
-    ap.add_argument("--out", default="bench-persistent.json")
-    ap.add_argument("--flush-policy", default="fsync")
     a = ap.parse_args()
-    import tempfile
-
-    a.work = Path(a.work_dir or tempfile.mkdtemp(prefix="sediment-persistent-"))
-    a.work.mkdir(parents=True, exist_ok=True)
-    res: dict = {"args": {k: str(v) for k, v in vars(a).items()}, "machine": bench.machine_info(a.work)}
-    pg_port = bench.free_port()
-    b, _, _ = tiering.start_broker(a, a.work / "data", "persistent", 200, 500, pg_port=pg_port)
-    dsn = f"host=127.0.0.1 port={pg_port} user=sediment dbname=sediment"
+    b, dsn, res = continuous.start(a, "persistent", 200, 500)
     try:
         backfill(a, b, dsn, res)
         freshness(a, b, dsn, res)
