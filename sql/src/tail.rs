@@ -528,6 +528,13 @@ async fn feed(
 ) {
     let positions = || slots.iter().map(|s| s.position()).collect::<Vec<_>>();
     let all_live = || slots.iter().all(|s| s.live.load(Ordering::Acquire));
+    // Compared on every wake-up of the pipeline: without allocating.
+    let moved = |sent: &Positions| {
+        slots
+            .iter()
+            .zip(sent)
+            .any(|(s, (_, n))| s.next.load(Ordering::Acquire) != *n)
+    };
     let mut sent = positions();
     let mut sent_live = all_live();
     loop {
@@ -535,7 +542,7 @@ async fn feed(
             Poll::Ready(item) => Poll::Ready(Some(item)),
             // Nothing is in flight in the pipeline now: what its tails
             // skipped (filtered rows, the end of history) is consumed.
-            Poll::Pending if all_live() != sent_live || positions() != sent => Poll::Ready(None),
+            Poll::Pending if all_live() != sent_live || moved(&sent) => Poll::Ready(None),
             Poll::Pending => Poll::Pending,
         })
         .await;
