@@ -16,7 +16,16 @@
 //! the largest event time seen; a record whose window ended more than the
 //! grace period before stream time is dropped and counted. Because stream
 //! time is a maximum over all partitions, an idle partition never holds
-//! results back.
+//! results back. A closed window's group is freed (its id reused).
+//!
+//! Session windows reach the exec with each row's own time as its bounds;
+//! the exec keeps each key's sessions and folds a row into those it falls
+//! within the gap of, merging two when it bridges them (their
+//! accumulators merge). A session closes when stream time passes its end
+//! plus gap plus grace, and is freed a gap later, so that a record that
+//! would have extended it is dropped as late instead of opening a new one.
+//! The row sent for a session's old bounds is retracted: a persistent
+//! table (which asks the [`QueryState`] to collect them) deletes it.
 
 use std::cmp::Ordering as CmpOrdering;
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -26,8 +35,8 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use datafusion::arrow::array::{
-    Array, ArrayRef, AsArray, BooleanArray, BooleanBufferBuilder, Float64Array, Int64Array,
-    RecordBatch,
+    Array, ArrayRef, AsArray, BooleanBufferBuilder, Float64Array, Int64Array, RecordBatch,
+    TimestampMillisecondArray,
 };
 use datafusion::arrow::compute::cast;
 use datafusion::arrow::datatypes::{DataType, Field, Float64Type, Int64Type, Schema, SchemaRef};
@@ -53,7 +62,7 @@ use futures::StreamExt;
 use parking_lot::Mutex;
 
 use crate::tail::QueryState;
-use crate::window::{WindowSpec, EVENT_TIME, WINDOW_START};
+use crate::window::{WindowKind, WindowSpec, EVENT_TIME, WINDOW_END, WINDOW_START};
 use crate::SqlError;
 
 /// Where a push query's continuous aggregates count the records they drop
@@ -308,10 +317,20 @@ impl ExtensionPlanner for ContinuousPlanner {
                             "a windowed aggregation must group by windowstart".into(),
                         )
                     })?;
+                let end = node
+                    .group_expr
+                    .iter()
+                    .position(|e| matches!(e, Expr::Column(c) if c.name == WINDOW_END))
+                    .ok_or_else(|| {
+                        DataFusionError::Plan(
+                            "a windowed aggregation must group by windowend".into(),
+                        )
+                    })?;
                 let (c, _) = event_time_column(schema)?;
                 Some(WindowRuntime {
                     spec,
                     start_group: start,
+                    end_group: end,
                     event_time: physical(&Expr::Column(c))?,
                 })
             }
@@ -423,8 +442,9 @@ fn agg_spec(
 #[derive(Debug, Clone)]
 struct WindowRuntime {
     spec: WindowSpec,
-    /// Which group key is `windowstart`.
+    /// Which group keys are `windowstart` and `windowend`.
     start_group: usize,
+    end_group: usize,
     event_time: Arc<dyn PhysicalExpr>,
 }
 
@@ -565,35 +585,10 @@ impl ExecutionPlan for ContinuousAggregateExec {
             )));
         }
         let input = datafusion::physical_plan::execute_stream(self.input.clone(), context.clone())?;
-        let sort_fields: Vec<SortField> = self
-            .schema
-            .fields()
-            .iter()
-            .take(self.groups.len())
-            .map(|f| SortField::new(f.data_type().clone()))
-            .collect();
-        let state = Groups {
-            converter: RowConverter::new(sort_fields)?,
-            index: HashMap::new(),
-            keys: Vec::new(),
-            accs: self.aggs.iter().map(|a| Acc::new(a.kind)).collect(),
-            touched: Vec::new(),
-            touched_mark: Vec::new(),
-            watermark: i64::MIN,
-            open: BTreeMap::new(),
-        };
-        let mut op = Operator {
-            groups: self.groups.clone(),
-            aggs: self.aggs.clone(),
-            schema: self.schema.clone(),
-            window: self.window.clone(),
-            emit: self.emit,
-            late: self.late.clone(),
-            state,
-        };
         // A restored persistent query starts from its checkpoint, and its
         // checkpoints read the state as it runs.
         let query = context.session_config().get_extension::<QueryState>();
+        let mut op = Operator::new(self, query.clone())?;
         if let Some(saved) = query.as_ref().and_then(|q| q.take_restore()) {
             op.restore(&saved)?;
         }
@@ -641,6 +636,10 @@ impl AggregateHandle {
     }
 }
 
+/// A session's row that is gone: its key (row format, without bounds) and
+/// the bounds it was sent with.
+type Replaced = (Box<[u8]>, (i64, i64));
+
 /// The running state of one continuous aggregate.
 struct Operator {
     groups: Vec<Arc<dyn PhysicalExpr>>,
@@ -649,25 +648,197 @@ struct Operator {
     window: Option<WindowRuntime>,
     emit: Emit,
     late: Arc<LateRecords>,
+    /// The persistent query this runs in, which may collect the keys a
+    /// session's growth replaced.
+    query: Option<Arc<QueryState>>,
     state: Groups,
 }
 
+/// The groups of a continuous aggregate. A group id indexes every vector;
+/// the ids of windows that closed (and of sessions merged into others) are
+/// reused.
 struct Groups {
+    /// Group keys in Arrow's row format: the whole key, or for session
+    /// windows the key without the window bounds.
     converter: RowConverter,
-    /// Group keys (row format) to group ids.
+    /// Group keys to group ids (all but session windows).
     index: HashMap<Box<[u8]>, u32>,
+    /// Session windows: each key's sessions.
+    sessions: HashMap<Box<[u8]>, Vec<u32>>,
     keys: Vec<Box<[u8]>>,
+    live: Vec<bool>,
+    free: Vec<u32>,
+    /// Windowed: each group's window in ms, `[start, end)` of a tumbling or
+    /// hopping window, `[first, last]` record of a session.
+    bounds: Vec<(i64, i64)>,
+    /// Session windows, `EMIT CHANGES`: the bounds each group's row was
+    /// last sent with, to retract when the session grows.
+    emitted: Vec<Option<(i64, i64)>>,
     accs: Vec<Acc>,
     /// Groups changed by the current batch, once each.
     touched: Vec<u32>,
     touched_mark: Vec<bool>,
     /// Stream time: the largest event time seen (windowed only).
     watermark: i64,
-    /// Windows not yet closed, by end: their groups (EMIT FINAL only).
-    open: BTreeMap<i64, Vec<u32>>,
+    /// Windowed: group ids by the stream time at which their window closes
+    /// (and then, for sessions, is forgotten). A session that grew leaves a
+    /// stale entry behind, skipped when it comes due.
+    timers: BTreeMap<i64, Vec<u32>>,
+}
+
+impl Groups {
+    fn new(converter: RowConverter, aggs: &[AggSpec]) -> Self {
+        Groups {
+            converter,
+            index: HashMap::new(),
+            sessions: HashMap::new(),
+            keys: Vec::new(),
+            live: Vec::new(),
+            free: Vec::new(),
+            bounds: Vec::new(),
+            emitted: Vec::new(),
+            accs: aggs.iter().map(|a| Acc::new(a.kind)).collect(),
+            touched: Vec::new(),
+            touched_mark: Vec::new(),
+            watermark: i64::MIN,
+            timers: BTreeMap::new(),
+        }
+    }
+
+    /// A new group: a free id or a new one.
+    fn alloc(&mut self, key: Box<[u8]>, bounds: (i64, i64)) -> Result<u32> {
+        if let Some(g) = self.free.pop() {
+            let i = g as usize;
+            self.keys[i] = key;
+            self.live[i] = true;
+            self.bounds[i] = bounds;
+            self.emitted[i] = None;
+            for acc in &mut self.accs {
+                acc.reset(i);
+            }
+            return Ok(g);
+        }
+        let g = u32::try_from(self.keys.len())
+            .ok()
+            .filter(|&g| g != u32::MAX)
+            .ok_or_else(|| {
+                DataFusionError::ResourcesExhausted("more than 4 billion groups".into())
+            })?;
+        self.keys.push(key);
+        self.live.push(true);
+        self.bounds.push(bounds);
+        self.emitted.push(None);
+        self.touched_mark.push(false);
+        for acc in &mut self.accs {
+            acc.grow();
+        }
+        Ok(g)
+    }
+
+    /// Forgets group `g`; its id is reused by a later batch (`free`).
+    fn release(&mut self, g: u32, session: bool) -> Box<[u8]> {
+        let i = g as usize;
+        self.live[i] = false;
+        let key = std::mem::take(&mut self.keys[i]);
+        if session {
+            if let Some(list) = self.sessions.get_mut(&key) {
+                list.retain(|&s| s != g);
+                if list.is_empty() {
+                    self.sessions.remove(&key);
+                }
+            }
+        } else {
+            self.index.remove(&key);
+        }
+        key
+    }
+
+    fn touch(&mut self, g: u32) {
+        if !self.touched_mark[g as usize] {
+            self.touched_mark[g as usize] = true;
+            self.touched.push(g);
+        }
+    }
+}
+
+impl WindowRuntime {
+    fn session(&self) -> bool {
+        self.spec.kind == WindowKind::Session
+    }
+
+    /// The stream time at which a window with `bounds` closes: a record
+    /// for it from then on is late. A session closes when no record within
+    /// the grace period can extend it.
+    fn close_at(&self, (_, end): (i64, i64)) -> i64 {
+        let s = &self.spec;
+        if self.session() {
+            end.saturating_add(s.size_ms)
+                .saturating_add(s.grace_ms)
+                .saturating_add(1)
+        } else {
+            end.saturating_add(s.grace_ms)
+        }
+    }
+
+    /// When a closed window's group is forgotten. A closed session is kept
+    /// a gap longer, so that a late record that would have extended it is
+    /// dropped rather than starting a new session.
+    fn forget_at(&self, bounds: (i64, i64)) -> i64 {
+        let close = self.close_at(bounds);
+        if self.session() {
+            close.saturating_add(self.spec.size_ms)
+        } else {
+            close
+        }
+    }
 }
 
 impl Operator {
+    fn new(exec: &ContinuousAggregateExec, query: Option<Arc<QueryState>>) -> Result<Operator> {
+        // A session window's groups are keyed without their bounds.
+        let skip = exec
+            .window
+            .as_ref()
+            .filter(|w| w.session())
+            .map(|w| [w.start_group, w.end_group]);
+        let sort_fields: Vec<SortField> = exec
+            .schema
+            .fields()
+            .iter()
+            .take(exec.groups.len())
+            .enumerate()
+            .filter(|(i, _)| !skip.is_some_and(|s| s.contains(i)))
+            .map(|(_, f)| SortField::new(f.data_type().clone()))
+            .collect();
+        Ok(Operator {
+            groups: exec.groups.clone(),
+            aggs: exec.aggs.clone(),
+            schema: exec.schema.clone(),
+            window: exec.window.clone(),
+            emit: exec.emit,
+            late: exec.late.clone(),
+            query,
+            state: Groups::new(RowConverter::new(sort_fields)?, &exec.aggs),
+        })
+    }
+
+    fn session(&self) -> Option<&WindowRuntime> {
+        self.window.as_ref().filter(|w| w.session())
+    }
+
+    /// The group key columns without a session's bounds.
+    fn base_keys(&self, keys: &[ArrayRef]) -> Vec<ArrayRef> {
+        match self.session() {
+            Some(w) => keys
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| *i != w.start_group && *i != w.end_group)
+                .map(|(_, k)| k.clone())
+                .collect(),
+            None => keys.to_vec(),
+        }
+    }
+
     /// Folds one input batch in; the rows to emit, if any.
     fn process(&mut self, batch: &RecordBatch) -> Result<Option<RecordBatch>> {
         let n = batch.num_rows();
@@ -679,68 +850,10 @@ impl Operator {
             .iter()
             .map(|e| e.evaluate(batch).and_then(|v| v.into_array(n)))
             .collect::<Result<_>>()?;
-        // Which rows count: with a window, those whose window is open.
-        let mut keep = BooleanBufferBuilder::new(n);
-        keep.append_n(n, true);
-        // Window starts (ms), cast once: for lateness and for EMIT FINAL.
-        let starts = match &self.window {
-            Some(w) => Some(as_i64(&keys[w.start_group])?),
-            None => None,
+        let gids = match self.window.clone() {
+            Some(w) if w.session() => self.assign_sessions(&w, batch, &keys)?,
+            window => self.assign_groups(window.as_ref(), batch, &keys)?,
         };
-        if let (Some(w), Some(starts)) = (&self.window, &starts) {
-            let times = as_i64(&w.event_time.evaluate(batch)?.into_array(n)?)?;
-            let mut dropped = 0;
-            for i in 0..n {
-                if starts.is_null(i) || times.is_null(i) {
-                    keep.set_bit(i, false);
-                    continue;
-                }
-                let end = starts.value(i).saturating_add(w.spec.size_ms);
-                if end.saturating_add(w.spec.grace_ms) <= self.state.watermark {
-                    keep.set_bit(i, false);
-                    dropped += 1;
-                    continue;
-                }
-                self.state.watermark = self.state.watermark.max(times.value(i));
-            }
-            self.late.0.fetch_add(dropped, Ordering::Relaxed);
-        }
-        let keep = keep.finish();
-        let rows = self.state.converter.convert_columns(&keys)?;
-        let window_end = starts.zip(self.window.as_ref().map(|w| w.spec.size_ms));
-        let mut gids = Vec::with_capacity(n);
-        for i in 0..n {
-            if !keep.value(i) {
-                gids.push(u32::MAX);
-                continue;
-            }
-            let row = rows.row(i);
-            let g = match self.state.index.get(row.as_ref()) {
-                Some(&g) => g,
-                None => {
-                    let g = u32::try_from(self.state.keys.len()).map_err(|_| {
-                        DataFusionError::ResourcesExhausted("more than 4 billion groups".into())
-                    })?;
-                    let key: Box<[u8]> = row.as_ref().into();
-                    self.state.index.insert(key.clone(), g);
-                    self.state.keys.push(key);
-                    self.state.touched_mark.push(false);
-                    for acc in &mut self.state.accs {
-                        acc.grow();
-                    }
-                    if let (Emit::Final, Some((starts, size))) = (self.emit, &window_end) {
-                        let end = starts.value(i).saturating_add(*size);
-                        self.state.open.entry(end).or_default().push(g);
-                    }
-                    g
-                }
-            };
-            if !self.state.touched_mark[g as usize] {
-                self.state.touched_mark[g as usize] = true;
-                self.state.touched.push(g);
-            }
-            gids.push(g);
-        }
         for (acc, spec) in self.state.accs.iter_mut().zip(&self.aggs) {
             let arg = match &spec.arg {
                 Some(e) => Some(e.evaluate(batch)?.into_array(n)?),
@@ -752,29 +865,328 @@ impl Operator {
         for &g in &touched {
             self.state.touched_mark[g as usize] = false;
         }
-        let emit: Vec<u32> = match (self.emit, &self.window) {
-            (Emit::Changes, _) => touched,
-            (Emit::Final, Some(w)) => {
-                // Windows whose end plus grace stream time has passed.
-                let closed_before = self.state.watermark.saturating_sub(w.spec.grace_ms);
-                let still_open = self.state.open.split_off(&closed_before.saturating_add(1));
-                let closed = std::mem::replace(&mut self.state.open, still_open);
-                closed.into_values().flatten().collect()
+        let mut out = Vec::new();
+        if self.emit == Emit::Changes {
+            let changed: Vec<u32> = touched
+                .into_iter()
+                .filter(|&g| self.state.live[g as usize])
+                .collect();
+            if self.session().is_some() {
+                // A session that grew replaces the row sent for its old
+                // bounds.
+                let mut gone = Vec::new();
+                for &g in &changed {
+                    let i = g as usize;
+                    let now = self.state.bounds[i];
+                    if let Some(old) = self.state.emitted[i].replace(now) {
+                        if old != now {
+                            gone.push((self.state.keys[i].clone(), old));
+                        }
+                    }
+                }
+                self.retract(gone)?;
             }
-            (Emit::Final, None) => Vec::new(),
-        };
-        if emit.is_empty() {
-            return Ok(None);
+            if !changed.is_empty() {
+                out.push(self.rows_of(&changed)?);
+            }
         }
-        self.rows_of(&emit).map(Some)
+        if let Some(w) = self.window.clone() {
+            let (closed, forget) = self.expire(&w);
+            if self.emit == Emit::Final && !closed.is_empty() {
+                out.push(self.rows_of(&closed)?);
+            }
+            for g in forget {
+                self.state.release(g, w.session());
+                self.state.free.push(g);
+            }
+        }
+        match out.len() {
+            0 => Ok(None),
+            1 => Ok(out.pop()),
+            _ => Ok(Some(datafusion::arrow::compute::concat_batches(
+                &self.schema,
+                &out,
+            )?)),
+        }
+    }
+
+    /// Group ids of a batch's rows, without a window or with a tumbling or
+    /// hopping one (`u32::MAX`: the row does not count).
+    fn assign_groups(
+        &mut self,
+        window: Option<&WindowRuntime>,
+        batch: &RecordBatch,
+        keys: &[ArrayRef],
+    ) -> Result<Vec<u32>> {
+        let n = batch.num_rows();
+        let mut keep = BooleanBufferBuilder::new(n);
+        keep.append_n(n, true);
+        // Window starts (ms), cast once.
+        let starts = match window {
+            Some(w) => Some(as_i64(&keys[w.start_group])?),
+            None => None,
+        };
+        if let (Some(w), Some(starts)) = (window, &starts) {
+            let times = as_i64(&w.event_time.evaluate(batch)?.into_array(n)?)?;
+            let mut dropped = 0;
+            for i in 0..n {
+                if starts.is_null(i) || times.is_null(i) {
+                    keep.set_bit(i, false);
+                    continue;
+                }
+                let end = starts.value(i).saturating_add(w.spec.size_ms);
+                if w.close_at((starts.value(i), end)) <= self.state.watermark {
+                    keep.set_bit(i, false);
+                    dropped += 1;
+                    continue;
+                }
+                self.state.watermark = self.state.watermark.max(times.value(i));
+            }
+            self.late.0.fetch_add(dropped, Ordering::Relaxed);
+        }
+        let keep = keep.finish();
+        let rows = self.state.converter.convert_columns(keys)?;
+        let mut gids = Vec::with_capacity(n);
+        for i in 0..n {
+            if !keep.value(i) {
+                gids.push(u32::MAX);
+                continue;
+            }
+            let row = rows.row(i);
+            let g = match self.state.index.get(row.as_ref()) {
+                Some(&g) => g,
+                None => {
+                    let key: Box<[u8]> = row.as_ref().into();
+                    let (bounds, w) = match (&starts, window) {
+                        (Some(s), Some(w)) => {
+                            let start = s.value(i);
+                            ((start, start.saturating_add(w.spec.size_ms)), Some(w))
+                        }
+                        _ => ((0, 0), None),
+                    };
+                    let g = self.state.alloc(key.clone(), bounds)?;
+                    self.state.index.insert(key, g);
+                    if let Some(w) = w {
+                        self.state
+                            .timers
+                            .entry(w.close_at(bounds))
+                            .or_default()
+                            .push(g);
+                    }
+                    g
+                }
+            };
+            self.state.touch(g);
+            gids.push(g);
+        }
+        Ok(gids)
+    }
+
+    /// Group ids of a batch's rows under a session window: each row joins
+    /// the sessions of its key it falls within the gap of (merging them)
+    /// or starts one.
+    fn assign_sessions(
+        &mut self,
+        w: &WindowRuntime,
+        batch: &RecordBatch,
+        keys: &[ArrayRef],
+    ) -> Result<Vec<u32>> {
+        let n = batch.num_rows();
+        let gap = w.spec.size_ms;
+        let times = as_i64(&w.event_time.evaluate(batch)?.into_array(n)?)?;
+        let rows = self
+            .state
+            .converter
+            .convert_columns(&self.base_keys(keys))?;
+        let mut gids = vec![u32::MAX; n];
+        // Sessions merged into another during this batch, and where to.
+        let mut merged: HashMap<u32, u32> = HashMap::new();
+        let mut gone = Vec::new();
+        let mut dropped = 0;
+        for (i, gid) in gids.iter_mut().enumerate() {
+            if times.is_null(i) {
+                continue;
+            }
+            let t = times.value(i);
+            let row = rows.row(i);
+            // A record falls within the gap of at most two sessions (they
+            // are more than a gap apart).
+            let mut near: Vec<u32> = Vec::new();
+            if let Some(list) = self.state.sessions.get(row.as_ref()) {
+                near.extend(list.iter().copied().filter(|&s| {
+                    let (start, end) = self.state.bounds[s as usize];
+                    start.saturating_sub(gap) <= t && t <= end.saturating_add(gap)
+                }));
+            }
+            let mut bounds = (t, t);
+            for &s in &near {
+                let (start, end) = self.state.bounds[s as usize];
+                bounds = (bounds.0.min(start), bounds.1.max(end));
+            }
+            let wm = self.state.watermark;
+            let extends_closed = near
+                .iter()
+                .any(|&s| w.close_at(self.state.bounds[s as usize]) <= wm);
+            if extends_closed || w.close_at(bounds) <= wm {
+                dropped += 1;
+                continue;
+            }
+            self.state.watermark = wm.max(t);
+            let (g, was) = match near.as_slice() {
+                [] => {
+                    let key: Box<[u8]> = row.as_ref().into();
+                    let g = self.state.alloc(key.clone(), bounds)?;
+                    self.state.sessions.entry(key).or_default().push(g);
+                    (g, None)
+                }
+                [first, rest @ ..] => {
+                    let was = self.state.bounds[*first as usize];
+                    for &other in rest {
+                        for acc in &mut self.state.accs {
+                            acc.merge(other as usize, *first as usize);
+                        }
+                        if let Some(old) = self.state.emitted[other as usize] {
+                            gone.push((self.state.keys[other as usize].clone(), old));
+                        }
+                        self.state.release(other, true);
+                        merged.insert(other, *first);
+                    }
+                    (*first, Some(was))
+                }
+            };
+            self.state.bounds[g as usize] = bounds;
+            if was.is_none_or(|was| w.close_at(was) != w.close_at(bounds)) {
+                self.state
+                    .timers
+                    .entry(w.close_at(bounds))
+                    .or_default()
+                    .push(g);
+            }
+            self.state.touch(g);
+            *gid = g;
+        }
+        self.late.0.fetch_add(dropped, Ordering::Relaxed);
+        // Rows of a session merged away count in the one it joined; its id
+        // is free for the next batch.
+        if !merged.is_empty() {
+            for g in gids.iter_mut() {
+                while let Some(&to) = merged.get(g) {
+                    *g = to;
+                }
+            }
+            self.state.free.extend(merged.keys());
+        }
+        self.retract(gone)?;
+        Ok(gids)
+    }
+
+    /// Groups whose window closed as stream time passed them (emitted
+    /// with `EMIT FINAL`), and groups to forget, once each. A closed
+    /// session is forgotten a gap after it closes.
+    fn expire(&mut self, w: &WindowRuntime) -> (Vec<u32>, Vec<u32>) {
+        let later = self
+            .state
+            .timers
+            .split_off(&self.state.watermark.saturating_add(1));
+        let due = std::mem::replace(&mut self.state.timers, later);
+        let (mut closed, mut forget) = (Vec::new(), Vec::new());
+        for (at, mut gids) in due {
+            gids.sort_unstable();
+            gids.dedup();
+            for g in gids {
+                let i = g as usize;
+                if !self.state.live[i] {
+                    continue;
+                }
+                let bounds = self.state.bounds[i];
+                let (close, forget_at) = (w.close_at(bounds), w.forget_at(bounds));
+                if at == close {
+                    closed.push(g);
+                    if forget_at == close {
+                        forget.push(g);
+                    } else {
+                        self.state.timers.entry(forget_at).or_default().push(g);
+                    }
+                } else if at == forget_at {
+                    forget.push(g);
+                }
+            }
+        }
+        (closed, forget)
+    }
+
+    /// Tells the persistent query that the rows of these keys and bounds
+    /// are gone (a table deletes them).
+    fn retract(&self, gone: Vec<Replaced>) -> Result<()> {
+        let Some(q) = self.query.as_ref().filter(|q| q.collects_retractions()) else {
+            return Ok(());
+        };
+        if gone.is_empty() {
+            return Ok(());
+        }
+        let bounds: Vec<(i64, i64)> = gone.iter().map(|(_, b)| *b).collect();
+        let columns = self.key_columns(gone.iter().map(|(k, _)| k.as_ref()), &bounds)?;
+        let fields: Vec<Field> = self
+            .schema
+            .fields()
+            .iter()
+            .take(self.groups.len())
+            .map(|f| f.as_ref().clone())
+            .collect();
+        q.retract(RecordBatch::try_new(
+            Arc::new(Schema::new(fields)),
+            columns,
+        )?);
+        Ok(())
+    }
+
+    /// The group key columns of `keys` (row format), with a session's
+    /// `bounds` put back in.
+    fn key_columns<'a>(
+        &self,
+        keys: impl Iterator<Item = &'a [u8]>,
+        bounds: &[(i64, i64)],
+    ) -> Result<Vec<ArrayRef>> {
+        let parser = self.state.converter.parser();
+        let mut base = self
+            .state
+            .converter
+            .convert_rows(keys.map(|k| parser.parse(k)))?
+            .into_iter();
+        let Some(w) = self.session() else {
+            return Ok(base.collect());
+        };
+        let fields = self.schema.fields();
+        let timestamps = |pick: fn(&(i64, i64)) -> i64, at: usize| -> Result<ArrayRef> {
+            let a: ArrayRef = Arc::new(
+                TimestampMillisecondArray::from_iter_values(bounds.iter().map(pick))
+                    .with_timezone("UTC"),
+            );
+            Ok(cast(&a, fields[at].data_type())?)
+        };
+        (0..self.groups.len())
+            .map(|i| {
+                if i == w.start_group {
+                    timestamps(|b| b.0, i)
+                } else if i == w.end_group {
+                    timestamps(|b| b.1, i)
+                } else {
+                    base.next()
+                        .ok_or_else(|| DataFusionError::Internal("missing key column".into()))
+                }
+            })
+            .collect()
     }
 
     /// The current rows of groups `gids`.
     fn rows_of(&self, gids: &[u32]) -> Result<RecordBatch> {
-        let parser = self.state.converter.parser();
-        let mut columns = self.state.converter.convert_rows(
-            gids.iter()
-                .map(|&g| parser.parse(&self.state.keys[g as usize])),
+        let bounds: Vec<(i64, i64)> = gids
+            .iter()
+            .map(|&g| self.state.bounds[g as usize])
+            .collect();
+        let mut columns = self.key_columns(
+            gids.iter().map(|&g| self.state.keys[g as usize].as_ref()),
+            &bounds,
         )?;
         for (acc, spec) in self.state.accs.iter().zip(&self.aggs) {
             let a = acc.values(gids, &spec.out)?;
@@ -791,28 +1203,30 @@ impl Operator {
             &datafusion::arrow::array::RecordBatchOptions::new().with_row_count(Some(gids.len())),
         )?)
     }
+
+    fn live_groups(&self) -> Vec<u32> {
+        (0..self.state.keys.len() as u32)
+            .filter(|&g| self.state.live[g as usize])
+            .collect()
+    }
 }
 
 /// Schema metadata of a state snapshot.
 const STATE_WATERMARK: &str = "sediment.watermark";
 const STATE_LATE: &str = "sediment.late_records";
-/// The snapshot column that says a group's window is still open (EMIT
-/// FINAL).
-const STATE_OPEN: &str = "open";
 
 impl Operator {
     /// The whole state as one batch, one row per group: the group keys
-    /// (`key_<i>`), each aggregate's state (`acc_<i>`, and for AVG
-    /// `acc_<i>_sum`, `acc_<i>_count`), with EMIT FINAL whether its window
-    /// is still open, and stream time and late records in the metadata.
-    /// Arrow columns rather than the row format, which is not stable
-    /// across Arrow versions.
+    /// (`key_<i>`, a session's bounds included) and each aggregate's state
+    /// (`acc_<i>`, and for AVG `acc_<i>_sum`, `acc_<i>_count`), with stream
+    /// time and late records in the metadata. Arrow columns rather than
+    /// the row format, which is not stable across Arrow versions. Which
+    /// windows are closed follows from their bounds and stream time.
     fn snapshot(&self) -> Result<RecordBatch> {
         let st = &self.state;
-        let parser = st.converter.parser();
-        let keys = st
-            .converter
-            .convert_rows(st.keys.iter().map(|k| parser.parse(k)))?;
+        let gids = self.live_groups();
+        let bounds: Vec<(i64, i64)> = gids.iter().map(|&g| st.bounds[g as usize]).collect();
+        let keys = self.key_columns(gids.iter().map(|&g| st.keys[g as usize].as_ref()), &bounds)?;
         let mut fields = Vec::new();
         let mut columns = Vec::new();
         for (i, k) in keys.into_iter().enumerate() {
@@ -820,7 +1234,7 @@ impl Operator {
             columns.push(k);
         }
         for (i, (acc, spec)) in st.accs.iter().zip(&self.aggs).enumerate() {
-            for (suffix, a) in acc.state(&spec.out)? {
+            for (suffix, a) in acc.state(&gids, &spec.out)? {
                 fields.push(Field::new(
                     format!("acc_{i}{suffix}"),
                     a.data_type().clone(),
@@ -828,14 +1242,6 @@ impl Operator {
                 ));
                 columns.push(a);
             }
-        }
-        if self.emit == Emit::Final {
-            let mut open = vec![false; st.keys.len()];
-            for g in st.open.values().flatten() {
-                open[*g as usize] = true;
-            }
-            fields.push(Field::new(STATE_OPEN, DataType::Boolean, false));
-            columns.push(Arc::new(BooleanArray::from(open)));
         }
         let metadata = HashMap::from([
             (STATE_WATERMARK.to_string(), st.watermark.to_string()),
@@ -848,12 +1254,13 @@ impl Operator {
         Ok(RecordBatch::try_new_with_options(
             schema,
             columns,
-            &datafusion::arrow::array::RecordBatchOptions::new()
-                .with_row_count(Some(st.keys.len())),
+            &datafusion::arrow::array::RecordBatchOptions::new().with_row_count(Some(gids.len())),
         )?)
     }
 
-    /// Loads a [`Operator::snapshot`] into this (new) operator.
+    /// Loads a [`Operator::snapshot`] into this (new) operator. (Snapshots
+    /// of format 1 may also have an `open` column: ignored, since which
+    /// windows are open follows from stream time.)
     fn restore(&mut self, saved: &RecordBatch) -> Result<()> {
         let bad = |why: &str| {
             DataFusionError::Execution(format!(
@@ -876,14 +1283,44 @@ impl Operator {
                 }
             })
             .collect::<Result<_>>()?;
-        let rows = self.state.converter.convert_columns(&keys)?;
+        let meta = saved.schema_ref().metadata();
+        let number = |key: &str| meta.get(key).and_then(|v| v.parse::<i64>().ok());
+        self.state.watermark = number(STATE_WATERMARK).unwrap_or(i64::MIN);
+        self.late.0.store(
+            number(STATE_LATE).map_or(0, |v| v.max(0) as u64),
+            Ordering::Relaxed,
+        );
+        let window = self.window.clone();
+        let bounds: Vec<(i64, i64)> = match &window {
+            Some(w) if w.session() => {
+                let (s, e) = (as_i64(&keys[w.start_group])?, as_i64(&keys[w.end_group])?);
+                (0..n).map(|i| (s.value(i), e.value(i))).collect()
+            }
+            Some(w) => {
+                let s = as_i64(&keys[w.start_group])?;
+                (0..n)
+                    .map(|i| (s.value(i), s.value(i).saturating_add(w.spec.size_ms)))
+                    .collect()
+            }
+            None => vec![(0, 0); n],
+        };
+        let rows = self
+            .state
+            .converter
+            .convert_columns(&self.base_keys(&keys))?;
+        let session = window.as_ref().is_some_and(|w| w.session());
         let st = &mut self.state;
-        for i in 0..n {
+        for (i, &b) in bounds.iter().enumerate() {
             let key: Box<[u8]> = rows.row(i).as_ref().into();
-            let g = u32::try_from(i).map_err(|_| bad("too many groups"))?;
-            st.index.insert(key.clone(), g);
-            st.keys.push(key);
-            st.touched_mark.push(false);
+            let g = st.alloc(key.clone(), b)?;
+            if session {
+                st.sessions.entry(key).or_default().push(g);
+                if self.emit == Emit::Changes {
+                    st.emitted[g as usize] = Some(b);
+                }
+            } else {
+                st.index.insert(key, g);
+            }
         }
         let mut at = k;
         for (acc, spec) in st.accs.iter_mut().zip(&self.aggs) {
@@ -895,30 +1332,18 @@ impl Operator {
             acc.load(cols, &spec.out).map_err(|e| bad(&e.to_string()))?;
             at += width;
         }
-        if self.emit == Emit::Final {
-            let (Some(open), Some(w)) = (
-                saved
-                    .column_by_name(STATE_OPEN)
-                    .and_then(|c| c.as_boolean_opt()),
-                &self.window,
-            ) else {
-                return Err(bad("no open windows column"));
-            };
-            let starts = as_i64(&keys[w.start_group])?;
-            for g in 0..n {
-                if open.value(g) && starts.is_valid(g) {
-                    let end = starts.value(g).saturating_add(w.spec.size_ms);
-                    st.open.entry(end).or_default().push(g as u32);
-                }
+        // Open windows wait for their close; closed ones (already emitted)
+        // for their forgetting.
+        if let Some(w) = &window {
+            for (g, &b) in bounds.iter().enumerate() {
+                let at = if w.close_at(b) > st.watermark {
+                    w.close_at(b)
+                } else {
+                    w.forget_at(b)
+                };
+                st.timers.entry(at).or_default().push(g as u32);
             }
         }
-        let meta = saved.schema_ref().metadata();
-        let number = |key: &str| meta.get(key).and_then(|v| v.parse::<i64>().ok());
-        st.watermark = number(STATE_WATERMARK).unwrap_or(i64::MIN);
-        self.late.0.store(
-            number(STATE_LATE).map_or(0, |v| v.max(0) as u64),
-            Ordering::Relaxed,
-        );
         Ok(())
     }
 }
@@ -1138,32 +1563,102 @@ impl Acc {
         }
     }
 
-    /// Every group's state, as columns (name suffix, values); a group with
-    /// no value yet is NULL.
-    fn state(&self, out: &DataType) -> Result<Vec<(&'static str, ArrayRef)>> {
-        let all: Vec<u32> = (0..self.len() as u32).collect();
+    /// The state of groups `gids`, as columns (name suffix, values); a
+    /// group with no value yet is NULL.
+    fn state(&self, gids: &[u32], out: &DataType) -> Result<Vec<(&'static str, ArrayRef)>> {
         Ok(match self {
             Acc::Avg { sum, count } => vec![
                 (
                     "_sum",
-                    Arc::new(Float64Array::from(sum.clone())) as ArrayRef,
+                    Arc::new(Float64Array::from_iter_values(
+                        gids.iter().map(|&g| sum[g as usize]),
+                    )) as ArrayRef,
                 ),
                 (
                     "_count",
-                    Arc::new(Int64Array::from(count.clone())) as ArrayRef,
+                    Arc::new(Int64Array::from_iter_values(
+                        gids.iter().map(|&g| count[g as usize]),
+                    )) as ArrayRef,
                 ),
             ],
-            other => vec![("", other.values(&all, out)?)],
+            other => vec![("", other.values(gids, out)?)],
         })
     }
 
-    fn len(&self) -> usize {
+    /// Group `i` back to its initial state (a reused id).
+    fn reset(&mut self, i: usize) {
         match self {
-            Acc::Count(c) => c.len(),
-            Acc::SumInt { sum, .. } | Acc::MinMaxInt { v: sum, .. } => sum.len(),
-            Acc::SumFloat { sum, .. } | Acc::MinMaxFloat { v: sum, .. } => sum.len(),
-            Acc::MinMaxOther { v, .. } => v.len(),
-            Acc::Avg { count, .. } => count.len(),
+            Acc::Count(c) => c[i] = 0,
+            Acc::SumInt { sum, seen } | Acc::MinMaxInt { v: sum, seen, .. } => {
+                sum[i] = 0;
+                seen[i] = false;
+            }
+            Acc::SumFloat { sum, seen } | Acc::MinMaxFloat { v: sum, seen, .. } => {
+                sum[i] = 0.0;
+                seen[i] = false;
+            }
+            Acc::MinMaxOther { v, .. } => v[i] = None,
+            Acc::Avg { sum, count } => {
+                sum[i] = 0.0;
+                count[i] = 0;
+            }
+        }
+    }
+
+    /// Folds group `from` into group `into` (sessions merging).
+    fn merge(&mut self, from: usize, into: usize) {
+        match self {
+            Acc::Count(c) => c[into] += c[from],
+            Acc::SumInt { sum, seen } => {
+                if seen[from] {
+                    sum[into] = sum[into].wrapping_add(sum[from]);
+                    seen[into] = true;
+                }
+            }
+            Acc::SumFloat { sum, seen } => {
+                if seen[from] {
+                    sum[into] += sum[from];
+                    seen[into] = true;
+                }
+            }
+            Acc::MinMaxInt { v, seen, max } => {
+                if seen[from]
+                    && (!seen[into] || (*max && v[from] > v[into]) || (!*max && v[from] < v[into]))
+                {
+                    v[into] = v[from];
+                    seen[into] = true;
+                }
+            }
+            Acc::MinMaxFloat { v, seen, max } => {
+                let better = if *max {
+                    v[from].total_cmp(&v[into]).is_gt()
+                } else {
+                    v[from].total_cmp(&v[into]).is_lt()
+                };
+                if seen[from] && (!seen[into] || better) {
+                    v[into] = v[from];
+                    seen[into] = true;
+                }
+            }
+            Acc::MinMaxOther { v, max } => {
+                if let Some(x) = v[from].take() {
+                    let replace = match &v[into] {
+                        None => true,
+                        Some(cur) => match x.partial_cmp(cur) {
+                            Some(CmpOrdering::Greater) => *max,
+                            Some(CmpOrdering::Less) => !*max,
+                            _ => false,
+                        },
+                    };
+                    if replace {
+                        v[into] = Some(x);
+                    }
+                }
+            }
+            Acc::Avg { sum, count } => {
+                sum[into] += sum[from];
+                count[into] += count[from];
+            }
         }
     }
 

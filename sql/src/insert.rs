@@ -31,7 +31,7 @@ use crate::SqlError;
 const DURABLE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// (key, JSON value, timestamp ms) of one record to append.
-pub(crate) type OwnedRecord = (Option<Vec<u8>>, Vec<u8>, i64);
+pub(crate) type OwnedRecord = (Option<Vec<u8>>, Option<Vec<u8>>, i64);
 
 pub struct StreamSink {
     stream: String,
@@ -67,6 +67,22 @@ impl StreamSink {
             log,
             round_robin: AtomicUsize::new(0),
         }
+    }
+
+    /// Tombstones (a key and no value) of `keys`, by partition.
+    pub(crate) fn tombstones<'a>(
+        keys: impl Iterator<Item = &'a String>,
+        partitions: usize,
+        now: i64,
+    ) -> BTreeMap<i32, Vec<OwnedRecord>> {
+        let mut out: BTreeMap<i32, Vec<_>> = BTreeMap::new();
+        for k in keys {
+            let k = k.as_bytes().to_vec();
+            out.entry(key_partition(&k, partitions))
+                .or_default()
+                .push((Some(k), None, now));
+        }
+        out
     }
 
     /// Records of one batch, by partition: (key, JSON value, timestamp).
@@ -105,12 +121,12 @@ impl StreamSink {
                 }
                 p
             } else if let Some(k) = &k {
-                (murmur2(k) & 0x7fff_ffff) as i32 % partitions as i32
+                key_partition(k, partitions)
             } else {
                 (self.round_robin.fetch_add(1, Ordering::Relaxed) % partitions) as i32
             };
             let t = if ts.is_valid(row) { ts.value(row) } else { now };
-            out.entry(p).or_default().push((k, value, t));
+            out.entry(p).or_default().push((k, Some(value), t));
         }
         Ok(out)
     }
@@ -136,6 +152,11 @@ fn json_lines(b: &RecordBatch) -> Result<Vec<Vec<u8>>> {
         lines = vec![b"{}".to_vec(); b.num_rows()];
     }
     Ok(lines)
+}
+
+/// The partition of a keyed record, as Kafka's default partitioner picks.
+fn key_partition(key: &[u8], partitions: usize) -> i32 {
+    (murmur2(key) & 0x7fff_ffff) as i32 % partitions as i32
 }
 
 /// Kafka's murmur2 (the Java client's default partitioner for keyed
@@ -213,7 +234,7 @@ impl DataSink for StreamSink {
             for (p, recs) in self.records(&b, partitions, now)? {
                 let refs: Vec<batch::SimpleRecord<'_>> = recs
                     .iter()
-                    .map(|(k, v, t)| (k.as_deref(), Some(v.as_slice()), *t))
+                    .map(|(k, v, t)| (k.as_deref(), v.as_deref(), *t))
                     .collect();
                 let bytes = batch::encode_simple(&refs);
                 let partition = topic

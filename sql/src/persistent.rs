@@ -427,21 +427,36 @@ impl MaterializedTable {
     /// Each row's key as record-key text: one key column's value, or a
     /// JSON object of several.
     fn key_text(&self, b: &RecordBatch) -> Result<Vec<String>> {
-        (0..b.num_rows())
-            .map(|r| {
-                if let [c] = self.key_columns.as_slice() {
-                    return Ok(array_value_to_string(b.column(*c), r)?);
-                }
-                let mut m = serde_json::Map::new();
-                for &c in &self.key_columns {
-                    m.insert(
-                        b.schema().field(c).name().clone(),
-                        serde_json::Value::String(array_value_to_string(b.column(c), r)?),
-                    );
-                }
-                Ok(serde_json::Value::Object(m).to_string())
-            })
-            .collect()
+        let schema = b.schema_ref();
+        let columns: Vec<(&str, &ArrayRef)> = self
+            .key_columns
+            .iter()
+            .map(|&c| (schema.field(c).name().as_str(), b.column(c)))
+            .collect();
+        key_texts(&columns, b.num_rows())
+    }
+
+    /// Deletes the rows of `keys` (the key columns, in key order); the
+    /// keys it had, with their record-key text.
+    fn delete(&self, keys: &RecordBatch) -> Result<Vec<(RowKey, String)>> {
+        let mut rows = self.rows.lock();
+        let converted = rows.keys.convert_columns(keys.columns())?;
+        let schema = keys.schema_ref();
+        let columns: Vec<(&str, &ArrayRef)> = schema
+            .fields()
+            .iter()
+            .zip(keys.columns())
+            .map(|(f, c)| (f.name().as_str(), c))
+            .collect();
+        let texts = key_texts(&columns, keys.num_rows())?;
+        let mut gone = Vec::new();
+        for (i, text) in texts.into_iter().enumerate() {
+            let row = converted.row(i);
+            if let Some((key, _)) = rows.map.remove_entry(row.as_ref()) {
+                gone.push((key, text));
+            }
+        }
+        Ok(gone)
     }
 
     /// The key a pull query's filters pin (`k = <literal>` on a table with
@@ -523,6 +538,26 @@ impl TableProvider for MaterializedTable {
             projection.cloned(),
         )?)
     }
+}
+
+/// Record-key text of each row: one key column's value, or a JSON object
+/// of several (by column name).
+fn key_texts(columns: &[(&str, &ArrayRef)], rows: usize) -> Result<Vec<String>> {
+    (0..rows)
+        .map(|r| {
+            if let [(_, c)] = columns {
+                return Ok(array_value_to_string(c, r)?);
+            }
+            let mut m = serde_json::Map::new();
+            for (name, c) in columns {
+                m.insert(
+                    name.to_string(),
+                    serde_json::Value::String(array_value_to_string(c, r)?),
+                );
+            }
+            Ok(serde_json::Value::Object(m).to_string())
+        })
+        .collect()
 }
 
 /// Which output columns of a grouped query are its keys: those named like
@@ -662,6 +697,9 @@ impl Engine {
             Some(c) => QueryState::restored(c.resume(), c.aggregate.clone()),
             None => QueryState::default(),
         });
+        if def.kind == Kind::Table {
+            state.collect_retractions();
+        }
         let push = self
             .push_as(&query, &props, Some(&def.id), state.clone())
             .await?;
@@ -766,6 +804,7 @@ impl Engine {
             project,
             rows: Vec::new(),
             changed: HashSet::new(),
+            deleted: HashMap::new(),
             committed: saved.as_ref().map(Checkpoint::resume).unwrap_or_default(),
         };
         let id = def.id.clone();
@@ -879,6 +918,9 @@ struct Runner {
     rows: Vec<RecordBatch>,
     /// A table's keys changed since the last commit.
     changed: HashSet<RowKey>,
+    /// A table's keys deleted since the last commit, with their record-key
+    /// text (for the changelog's tombstones).
+    deleted: HashMap<RowKey, String>,
     /// The input offsets of the last commit.
     committed: BTreeMap<(String, i32), i64>,
 }
@@ -917,9 +959,31 @@ impl Runner {
 
     /// Folds one batch of results in.
     fn take(&mut self, b: &RecordBatch) -> Result<(), SqlError> {
-        match &self.table {
-            Some(t) => self.changed.extend(t.apply(b)?),
+        match self.table.clone() {
+            Some(t) => {
+                self.take_retractions()?;
+                for k in t.apply(b)? {
+                    if !self.deleted.is_empty() {
+                        self.deleted.remove(&k);
+                    }
+                    self.changed.insert(k);
+                }
+            }
             None => self.rows.push((self.project)(b, None)?),
+        }
+        Ok(())
+    }
+
+    /// Deletes the table rows the query retracted (sessions that grew).
+    fn take_retractions(&mut self) -> Result<(), SqlError> {
+        let Some(t) = self.table.clone() else {
+            return Ok(());
+        };
+        for keys in self.state.take_retractions() {
+            for (k, text) in t.delete(&keys)? {
+                self.changed.remove(&k);
+                self.deleted.insert(k, text);
+            }
         }
         Ok(())
     }
@@ -927,6 +991,7 @@ impl Runner {
     /// Writes a checkpoint with the input offsets, the state and the output
     /// since the last one, then appends that output.
     async fn commit(&mut self) -> Result<(), SqlError> {
+        self.take_retractions()?;
         let mut rows = std::mem::take(&mut self.rows);
         if let Some(t) = &self.table {
             let changed = std::mem::take(&mut self.changed);
@@ -942,15 +1007,25 @@ impl Runner {
             )
         })?;
         let now = sediment_log::now_ms();
+        let partitions = topic.partitions.len();
+        let deleted = std::mem::take(&mut self.deleted);
+        let mut records = vec![crate::insert::StreamSink::tombstones(
+            deleted.values(),
+            partitions,
+            now,
+        )];
+        for b in &rows {
+            records.push(self.sink.records(b, partitions, now)?);
+        }
         let mut pending = Vec::new();
         let mut bytes = Vec::new();
-        for b in &rows {
-            for (p, recs) in self.sink.records(b, topic.partitions.len(), now)? {
+        for by_partition in records {
+            for (p, recs) in by_partition {
                 for chunk in recs.chunks(OUTPUT_BATCH_RECORDS) {
                     let first = self.header.next_sequence.get(&p).copied().unwrap_or(0);
                     let refs: Vec<sediment_log::batch::SimpleRecord<'_>> = chunk
                         .iter()
-                        .map(|(k, v, t)| (k.as_deref(), Some(v.as_slice()), *t))
+                        .map(|(k, v, t)| (k.as_deref(), v.as_deref(), *t))
                         .collect();
                     let seq = sediment_log::batch::ProducerSeq {
                         producer_id: self.header.producer_id,

@@ -486,7 +486,8 @@ impl Engine {
         }
         let windowed = window::rewrite(&q.sql, |name| self.event_time(name))?;
         let (sql, window) = match windowed {
-            Some(w) => (w.sql, Some(w.window)),
+            Some(w) if q.changes => (w.sql, Some(w.window)),
+            Some(w) => (w.batch_sql, Some(w.window)),
             None => (q.sql.clone(), None),
         };
         let late = Arc::new(LateRecords::default());

@@ -193,7 +193,7 @@ impl Engine {
             // A WINDOW clause over history: the batch form of a windowed
             // aggregation.
             _ => match crate::window::rewrite(sql, |name| self.event_time(name))? {
-                Some(w) => Ok(Prepared::Sql(w.sql)),
+                Some(w) => Ok(Prepared::Sql(w.batch_sql)),
                 None => Ok(Prepared::Sql(sql.to_string())),
             },
         }

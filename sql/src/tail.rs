@@ -74,6 +74,9 @@ pub struct QueryState {
     /// The continuous aggregate's state to restore, and its live state.
     restore: Mutex<Option<RecordBatch>>,
     aggregate: Mutex<Option<AggregateHandle>>,
+    /// Group keys whose rows a session window's growth replaced, kept
+    /// only for a table (see [`QueryState::collect_retractions`]).
+    retractions: Mutex<Option<Vec<RecordBatch>>>,
 }
 
 impl QueryState {
@@ -86,6 +89,30 @@ impl QueryState {
             restore: Mutex::new(aggregate),
             ..Default::default()
         }
+    }
+
+    /// Keeps the group keys whose rows are gone (a session window grew or
+    /// merged), for [`QueryState::take_retractions`]: a table deletes them.
+    pub(crate) fn collect_retractions(&self) {
+        *self.retractions.lock() = Some(Vec::new());
+    }
+
+    pub(crate) fn collects_retractions(&self) -> bool {
+        self.retractions.lock().is_some()
+    }
+
+    pub(crate) fn retract(&self, keys: RecordBatch) {
+        if let Some(r) = self.retractions.lock().as_mut() {
+            r.push(keys);
+        }
+    }
+
+    pub(crate) fn take_retractions(&self) -> Vec<RecordBatch> {
+        self.retractions
+            .lock()
+            .as_mut()
+            .map(std::mem::take)
+            .unwrap_or_default()
     }
 
     pub fn resume_at(&self, topic: &str, partition: i32) -> Option<i64> {

@@ -842,15 +842,10 @@ fn row_strings(batches: &[RecordBatch]) -> Vec<String> {
     out
 }
 
-/// Random keyed records with out-of-order timestamps in 3 partitions; for
-/// each query form (no window, tumbling, hopping) and every maintained
-/// aggregate, the last change of each group from a push query over the
-/// whole history equals the batch result of the same SQL.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn continuous_aggregates_equal_the_batch_result() {
-    use crate::{OffsetReset, Properties};
-    use futures::StreamExt;
-    let f = fixture();
+/// The `events` stream over 3 partitions of random keyed records
+/// (13 keys, NULLs now and then, ten minutes of out-of-order record time),
+/// `per_partition` records each, the first half of each archived.
+async fn random_events(f: &Fixture, per_partition: usize, seed: u64) {
     f.engine
         .execute(
             "CREATE STREAM events (k VARCHAR, x BIGINT, y DOUBLE, name VARCHAR) \
@@ -858,8 +853,7 @@ async fn continuous_aggregates_equal_the_batch_result() {
         )
         .await
         .unwrap();
-    let per_partition = 400;
-    let mut seed = 42u64;
+    let mut seed = seed;
     let mut next = move |n: u64| {
         seed = seed
             .wrapping_mul(6364136223846793005)
@@ -898,8 +892,24 @@ async fn continuous_aggregates_equal_the_batch_result() {
         }
     }
     assert_eq!(f.tierer.pass().await.failed, 0);
-    let aggregates = "count(*) AS n, count(x) AS nx, sum(x) AS sx, min(x) AS lo, max(x) AS hi, \
-                      avg(y) AS ay, sum(y) AS sy, min(name) AS first_name, max(_timestamp) AS last_ts";
+}
+
+/// Every maintained aggregate, over the columns of [`random_events`].
+const AGGREGATES: &str = "count(*) AS n, count(x) AS nx, sum(x) AS sx, min(x) AS lo, max(x) AS hi, \
+                          avg(y) AS ay, sum(y) AS sy, min(name) AS first_name, max(_timestamp) AS last_ts";
+
+/// Random keyed records with out-of-order timestamps in 3 partitions; for
+/// each query form (no window, tumbling, hopping) and every maintained
+/// aggregate, the last change of each group from a push query over the
+/// whole history equals the batch result of the same SQL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn continuous_aggregates_equal_the_batch_result() {
+    use crate::{OffsetReset, Properties};
+    use futures::StreamExt;
+    let f = fixture();
+    let per_partition = 400;
+    random_events(&f, per_partition, 42).await;
+    let aggregates = AGGREGATES;
     let filter = format!("_offset < {per_partition}");
     for (keys, window) in [
         ("k", ""),
@@ -1125,4 +1135,183 @@ async fn persistent_queries_maintain_tables_and_streams() {
         .await
         .unwrap_err();
     assert_eq!(e.code, "42601", "{e:?}");
+}
+
+/// Waits until `got` returns the rows of `want` (30 s at most).
+async fn converge(f: &Fixture, got: &str, want: &str) {
+    let want = row_strings(&rows(f, want).await);
+    assert!(!want.is_empty(), "{want:?}");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let have = match f.engine.execute(got).await {
+            Ok(Outcome::Rows(_, b)) => row_strings(&b),
+            _ => Vec::new(),
+        };
+        if have == want {
+            return;
+        }
+        if std::time::Instant::now() > deadline {
+            assert_eq!(have, want, "{got}");
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
+/// A session-windowed table (every maintained aggregate) equals the
+/// sessions of the batch query over the same out-of-order records:
+/// sessions grow and merge as records arrive, the table deletes the rows
+/// they replace, and its changelog, read key by key to its last record,
+/// holds the same sessions (tombstones for the replaced ones). After a
+/// restart from the checkpoint and more records, it still does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn session_window_tables_equal_the_batch_sessions() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().to_path_buf();
+    let batch_sql = format!(
+        "SELECT k, windowstart, windowend, {AGGREGATES} FROM events \
+         WINDOW SESSION (5 SECONDS, GRACE PERIOD 1 HOUR) WHERE x IS DISTINCT FROM 7 GROUP BY k \
+         ORDER BY k, windowstart"
+    );
+    let table_sql =
+        "SELECT k, windowstart, windowend, n, nx, sx, lo, hi, ay, sy, first_name, last_ts \
+                     FROM sess ORDER BY k, windowstart";
+    // The changelog's live keys: each key's last record, tombstones
+    // removing it.
+    let changelog = |f: &Fixture| {
+        let engine = f.engine.clone();
+        async move {
+            let Outcome::Rows(_, b) = engine
+                .execute(
+                    "SELECT CAST(key AS VARCHAR), value IS NULL FROM topics.sess \
+                     ORDER BY partition, \"offset\"",
+                )
+                .await
+                .unwrap()
+            else {
+                panic!("no rows");
+            };
+            let mut live = std::collections::BTreeSet::new();
+            let mut tombstones = 0;
+            for row in row_strings(&b) {
+                let (key, gone) = row.rsplit_once('|').unwrap();
+                if gone == "true" {
+                    live.remove(key);
+                    tombstones += 1;
+                } else {
+                    live.insert(key.to_string());
+                }
+            }
+            (live.len(), tombstones)
+        }
+    };
+    {
+        let f = fixture_at(&path, None);
+        random_events(&f, 400, 7).await;
+        f.engine
+            .execute(&format!(
+                "CREATE TABLE sess AS SELECT k, windowstart, windowend, {AGGREGATES} FROM events \
+                 WINDOW SESSION (5 SECONDS, GRACE PERIOD 1 HOUR) WHERE x IS DISTINCT FROM 7 \
+                 GROUP BY k EMIT CHANGES"
+            ))
+            .await
+            .unwrap();
+        converge(&f, table_sql, &batch_sql).await;
+        let sessions = rows(&f, &batch_sql).await;
+        let sessions: usize = sessions.iter().map(RecordBatch::num_rows).sum();
+        // Ten minutes of records over 13 keys, 5 s gaps: many sessions,
+        // some of them merged from several.
+        assert!(sessions > 100, "{sessions}");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            let (live, tombstones) = changelog(&f).await;
+            if live == sessions {
+                assert!(tombstones > 0);
+                break;
+            }
+            assert!(std::time::Instant::now() < deadline, "{live} != {sessions}");
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        f.engine.stop_persistent_queries().await;
+        f.log.shutdown().unwrap();
+    }
+    let f = fixture_at(&path, Some(dir));
+    assert_eq!(f.engine.start_persistent_queries().await.unwrap(), 1);
+    // More records, between and across the sessions there are.
+    let more: Vec<(String, String, i64)> = (0..300)
+        .map(|i| {
+            let k = format!("k{}", i % 13);
+            let v = format!(r#"{{"k":"{k}","x":{i},"y":1.5,"name":"m{i}"}}"#);
+            (k, v, f.t0 + (i * 7_919 % 600_000))
+        })
+        .collect();
+    let part = f.log.partition("events", 1).unwrap();
+    let recs: Vec<batch::SimpleRecord<'_>> = more
+        .iter()
+        .map(|(k, v, ts)| (Some(k.as_bytes()), Some(v.as_bytes()), *ts))
+        .collect();
+    part.append(&batch::encode_simple(&recs), sediment_log::now_ms())
+        .unwrap();
+    part.flush().unwrap();
+    converge(&f, table_sql, &batch_sql).await;
+}
+
+/// Session windows over a live stream: a record within the gap extends
+/// its key's session (even out of order), a session closes when stream
+/// time passes its end plus gap plus grace, EMIT FINAL emits it once then,
+/// and a record that would extend a closed session is dropped as late.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn session_windows_close_and_emit_final_once() {
+    use crate::Properties;
+    use futures::StreamExt;
+    let f = fixture();
+    f.engine
+        .execute("CREATE STREAM clicks (k VARCHAR) WITH (KAFKA_TOPIC='clicks', PARTITIONS=1)")
+        .await
+        .unwrap();
+    let q = crate::push::parse(
+        "SELECT k, windowstart, windowend, count(*) AS n FROM clicks \
+         WINDOW SESSION (10 SECONDS, GRACE PERIOD 2 SECONDS) GROUP BY k EMIT FINAL",
+    )
+    .unwrap()
+    .unwrap();
+    let push = f.engine.push(&q, &Properties::default()).await.unwrap();
+    let t0 = f.t0;
+    let send = |ts: i64| {
+        let v = r#"{"k":"a"}"#.to_string();
+        produce(&f, "clicks", 0, &[v], ts);
+    };
+    send(t0 + 1_000); // session [1s, 1s]
+    send(t0 + 5_000); // [1s, 5s]
+    send(t0 + 30_000); // a new session; [1s, 5s] closes (30 > 5 + 10 + 2)
+    send(t0 + 3_000); // would extend the closed session: late
+    send(t0 + 36_000); // [30s, 36s]
+    send(t0 + 20_000); // out of order, within the gap: [20s, 36s]
+    send(t0 + 60_000); // [20s, 36s] closes
+    let mut stream = push.stream;
+    let mut got: Vec<(i64, i64, i64)> = Vec::new();
+    while got.len() < 2 {
+        let b = tokio::time::timeout(std::time::Duration::from_secs(20), stream.next())
+            .await
+            .expect("two final sessions")
+            .unwrap()
+            .unwrap();
+        let ms = |c: usize| {
+            datafusion::arrow::compute::cast(
+                b.column(c),
+                &datafusion::arrow::datatypes::DataType::Int64,
+            )
+            .unwrap()
+        };
+        let (s, e) = (ms(1), ms(2));
+        for r in 0..b.num_rows() {
+            got.push((
+                s.as_primitive::<Int64Type>().value(r) - t0,
+                e.as_primitive::<Int64Type>().value(r) - t0,
+                b.column(3).as_primitive::<Int64Type>().value(r),
+            ));
+        }
+    }
+    assert_eq!(got, vec![(1_000, 5_000, 2), (20_000, 36_000, 3)]);
+    let queries = rows(&f, "SELECT late_records FROM sediment.queries").await;
+    assert_eq!(queries[0].column(0).as_primitive::<Int64Type>().value(0), 1);
 }

@@ -9,6 +9,16 @@
 //! The same SQL without `EMIT CHANGES` is the batch query the maintained
 //! result must equal.
 //!
+//! A session window (`WINDOW SESSION (30 SECONDS)`) cannot be assigned row
+//! by row: a key's session is every record within the gap of another. The
+//! continuous form gives each row the point window `[t, t]` and the
+//! continuous aggregate merges them into sessions (see
+//! [`crate::continuous`]); the batch form computes the same sessions with
+//! window functions (a new session where a key's previous record is more
+//! than the gap earlier), with the `WHERE` clause moved before them, since
+//! only the records it keeps make sessions. `windowstart` and `windowend`
+//! of a session are its first and last record's times, as in ksqlDB.
+//!
 //! Event time is the stream's `TIMESTAMP` column when it has one, else the
 //! record timestamp.
 
@@ -40,13 +50,19 @@ pub const DEFAULT_GRACE_MS: i64 = 24 * 3_600_000;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd)]
 pub enum WindowKind {
     Tumbling,
-    Hopping { advance_ms: i64 },
+    Hopping {
+        advance_ms: i64,
+    },
+    /// `size_ms` is the inactivity gap.
+    Session,
 }
 
 /// A window clause.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd)]
 pub struct WindowSpec {
     pub kind: WindowKind,
+    /// A tumbling or hopping window's size, a session window's gap: records
+    /// at most this far apart are in one session.
     pub size_ms: i64,
     /// Records later than this after their window's end are dropped.
     pub grace_ms: i64,
@@ -55,7 +71,11 @@ pub struct WindowSpec {
 /// A window query rewritten into plain SQL.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Windowed {
+    /// The form a continuous aggregate maintains (`EMIT CHANGES|FINAL`).
     pub sql: String,
+    /// The batch query over the records there are now. The same as `sql`
+    /// but for session windows.
+    pub batch_sql: String,
     pub window: WindowSpec,
 }
 
@@ -118,17 +138,6 @@ pub fn rewrite(
     let source: Vec<&Token> = all[from + 1..w].iter().filter(|t| meaningful(t)).collect();
     let (name, alias) = split_alias(&source)?;
     let ts = event_time(&name);
-    let size = window.size_ms;
-    let starts = match window.kind {
-        WindowKind::Tumbling => format!("sediment_window_start({ts}, {size})"),
-        WindowKind::Hopping { advance_ms } => {
-            format!("unnest(sediment_hop_starts({ts}, {size}, {advance_ms}))")
-        }
-    };
-    let subquery = format!(
-        "(SELECT *, sediment_window_end({WINDOW_START}, {size}) AS {WINDOW_END} \
-         FROM (SELECT *, sediment_epoch_ms({ts}) AS {EVENT_TIME}, {starts} AS {WINDOW_START} FROM {name}) AS __windowed) AS {alias}"
-    );
     // GROUP BY's list ends at HAVING, EMIT, LIMIT, ORDER or the end.
     let mut depth = 0;
     let mut group_end = all.len();
@@ -151,15 +160,78 @@ pub fn rewrite(
             _ => {}
         }
     }
-    let mut out = text(&all[..from + 1]);
-    out.push(' ');
-    out.push_str(&subquery);
-    out.push(' ');
-    out.push_str(text(&all[close + 1..group_end]).trim_end());
-    out.push_str(&format!(", {WINDOW_START}, {WINDOW_END} "));
-    out.push_str(&text(&all[group_end..]));
+    let assemble = |subquery: &str, between: &str| {
+        let mut out = text(&all[..from + 1]);
+        out.push(' ');
+        out.push_str(subquery);
+        out.push(' ');
+        out.push_str(between.trim_end());
+        out.push_str(&format!(", {WINDOW_START}, {WINDOW_END} "));
+        out.push_str(&text(&all[group_end..]));
+        out.trim().to_string()
+    };
+    let size = window.size_ms;
+    let (sql, batch_sql) = match window.kind {
+        WindowKind::Tumbling | WindowKind::Hopping { .. } => {
+            let starts = match window.kind {
+                WindowKind::Hopping { advance_ms } => {
+                    format!("unnest(sediment_hop_starts({ts}, {size}, {advance_ms}))")
+                }
+                _ => format!("sediment_window_start({ts}, {size})"),
+            };
+            let subquery = format!(
+                "(SELECT *, sediment_window_end({WINDOW_START}, {size}) AS {WINDOW_END} \
+                 FROM (SELECT *, sediment_epoch_ms({ts}) AS {EVENT_TIME}, {starts} AS {WINDOW_START} FROM {name}) AS __windowed) AS {alias}"
+            );
+            let sql = assemble(&subquery, &text(&all[close + 1..group_end]));
+            (sql.clone(), sql)
+        }
+        WindowKind::Session => {
+            // The WHERE clause (between the window and GROUP BY) filters
+            // the records before they make sessions.
+            let filter = text(&all[close + 1..group]);
+            let group_by = text(&all[group..group_end]);
+            let by_at = (group + 1..group_end)
+                .find(|&i| meaningful(&all[i]))
+                .filter(|&i| is_word(&all[i], "BY"))
+                .ok_or_else(|| SqlError::syntax("expected GROUP BY"))?;
+            let keys = text(&all[by_at + 1..group_end]).trim().to_string();
+            let timed = format!(
+                "(SELECT *, sediment_epoch_ms({ts}) AS {EVENT_TIME} FROM {name} AS {alias} {}) AS {alias}",
+                filter.trim()
+            );
+            let continuous = format!(
+                "(SELECT *, sediment_timestamp_ms({EVENT_TIME}) AS {WINDOW_START}, \
+                 sediment_timestamp_ms({EVENT_TIME}) AS {WINDOW_END} FROM {timed}) AS {alias}"
+            );
+            // A new session where the key's previous record is more than
+            // the gap earlier; a session's number is the running count.
+            let by = if keys.is_empty() {
+                String::new()
+            } else {
+                format!("PARTITION BY {keys}")
+            };
+            let by_session = if keys.is_empty() {
+                "PARTITION BY __session".to_string()
+            } else {
+                format!("PARTITION BY {keys}, __session")
+            };
+            let batch = format!(
+                "(SELECT *, sediment_timestamp_ms(min({EVENT_TIME}) OVER ({by_session})) AS {WINDOW_START}, \
+                 sediment_timestamp_ms(max({EVENT_TIME}) OVER ({by_session})) AS {WINDOW_END} \
+                 FROM (SELECT *, sum(__new_session) OVER ({by} ORDER BY {EVENT_TIME} ROWS UNBOUNDED PRECEDING) AS __session \
+                 FROM (SELECT *, CASE WHEN {EVENT_TIME} - lag({EVENT_TIME}) OVER ({by} ORDER BY {EVENT_TIME}) <= {size} THEN 0 ELSE 1 END AS __new_session \
+                 FROM (SELECT * FROM {timed} WHERE {EVENT_TIME} IS NOT NULL) AS {alias}) AS {alias}) AS {alias}) AS {alias}"
+            );
+            (
+                assemble(&continuous, &group_by),
+                assemble(&batch, &group_by),
+            )
+        }
+    };
     Ok(Some(Windowed {
-        sql: out.trim().to_string(),
+        sql,
+        batch_sql,
         window,
     }))
 }
@@ -195,19 +267,19 @@ fn split_alias(source: &[&Token]) -> Result<(String, String), SqlError> {
 }
 
 fn parse_spec(kind: &Token, spec: &[&Token]) -> Result<WindowSpec, SqlError> {
-    if is_word(kind, "SESSION") {
-        return Err(SqlError::unsupported("WINDOW SESSION (not built yet)")
-            .with_hint("TUMBLING and HOPPING windows are available"));
-    }
     // Comma-separated clauses: `SIZE n unit`, `ADVANCE BY n unit`,
     // `GRACE PERIOD n unit`, or for SESSION a bare `n unit`.
     let clauses: Vec<&[&Token]> = spec.split(|t| **t == Token::Comma).collect();
     let mut size = None;
     let mut advance = None;
     let mut grace = None;
+    let mut gap = None;
     for c in clauses {
         match c {
             [k, rest @ ..] if is_word(k, "SIZE") => size = Some(duration(rest)?),
+            [Token::Number(..), Token::Word(_)] if is_word(kind, "SESSION") => {
+                gap = Some(duration(c)?)
+            }
             [a, b, rest @ ..] if is_word(a, "ADVANCE") && is_word(b, "BY") => {
                 advance = Some(duration(rest)?)
             }
@@ -232,7 +304,21 @@ fn parse_spec(kind: &Token, spec: &[&Token]) -> Result<WindowSpec, SqlError> {
             SqlError::syntax("the WINDOW needs a SIZE of n UNIT, e.g. SIZE 1 MINUTE")
         })
     };
-    if is_word(kind, "TUMBLING") {
+    if is_word(kind, "SESSION") {
+        if size.is_some() || advance.is_some() {
+            return Err(SqlError::syntax(
+                "a SESSION window takes its gap alone: WINDOW SESSION (30 SECONDS)",
+            ));
+        }
+        let gap_ms = gap.filter(|&g| g > 0).ok_or_else(|| {
+            SqlError::syntax("a SESSION window needs a gap, e.g. WINDOW SESSION (30 SECONDS)")
+        })?;
+        Ok(WindowSpec {
+            kind: WindowKind::Session,
+            size_ms: gap_ms,
+            grace_ms,
+        })
+    } else if is_word(kind, "TUMBLING") {
         if advance.is_some() {
             return Err(SqlError::syntax("ADVANCE BY is for HOPPING windows"));
         }
@@ -372,6 +458,15 @@ window_udf!(WindowStart, "sediment_window_start", 2, utc_ms(), |args| {
     Ok(Arc::new(out.with_timezone("UTC")))
 });
 
+window_udf!(TimestampMs, "sediment_timestamp_ms", 1, utc_ms(), |args| {
+    let a = arg_arrays(&args)?;
+    Ok(Arc::new(
+        epoch_ms(&a[0])?
+            .reinterpret_cast::<datafusion::arrow::datatypes::TimestampMillisecondType>()
+            .with_timezone("UTC"),
+    ))
+});
+
 window_udf!(WindowEnd, "sediment_window_end", 2, utc_ms(), |args| {
     let size = int_arg(&args, 1, "sediment_window_end")?;
     let a = arg_arrays(&args)?;
@@ -424,6 +519,7 @@ pub fn udfs() -> Vec<ScalarUDF> {
         WindowStart::udf(),
         WindowEnd::udf(),
         HopStarts::udf(),
+        TimestampMs::udf(),
     ]
 }
 
@@ -483,10 +579,48 @@ mod tests {
             rewrite("SELECT 1 FROM s GROUP BY k", |_| String::new()).unwrap(),
             None
         );
+        // A session window: the continuous form gives each row its own
+        // time; the batch form numbers sessions with window functions, after
+        // the WHERE clause.
+        let w = rewrite(
+            "SELECT k, count(*) FROM s WINDOW SESSION (30 SECONDS) WHERE x > 1 GROUP BY k",
+            |_| "_timestamp".into(),
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(
+            w.window,
+            WindowSpec {
+                kind: WindowKind::Session,
+                size_ms: 30_000,
+                grace_ms: DEFAULT_GRACE_MS
+            }
+        );
+        assert!(
+            w.sql
+                .contains("FROM s AS s WHERE x > 1) AS s) AS s GROUP BY k, windowstart, windowend"),
+            "{}",
+            w.sql
+        );
+        assert!(
+            w.batch_sql
+                .contains("lag(__event_time) OVER (PARTITION BY k ORDER BY __event_time) <= 30000"),
+            "{}",
+            w.batch_sql
+        );
+        assert!(
+            w.batch_sql.ends_with("GROUP BY k, windowstart, windowend"),
+            "{}",
+            w.batch_sql
+        );
         for (sql, code) in [
             (
-                "SELECT k FROM s WINDOW SESSION (30 SECONDS) GROUP BY k",
-                "0A000",
+                "SELECT k FROM s WINDOW SESSION (SIZE 30 SECONDS) GROUP BY k",
+                "42601",
+            ),
+            (
+                "SELECT k FROM s WINDOW SESSION (0 SECONDS) GROUP BY k",
+                "42601",
             ),
             (
                 "SELECT k FROM s WINDOW TUMBLING (SIZE 1 FORTNIGHT) GROUP BY k",
