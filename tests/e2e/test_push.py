@@ -297,9 +297,12 @@ def test_kill9_while_persistent_queries_run_leaves_tables_and_outputs_exact(brok
     the grace period) while three persistent queries work; the broker is
     killed with SIGKILL mid-way and restarted. Each table then equals the
     batch query over the same records, and the output stream holds each
-    matching record exactly once."""
+    matching record exactly once. One table has session windows: sparse
+    records (2.5 s apart per user, jittered by up to 3 s, a 2 s gap) make
+    sessions that out-of-order records extend and merge."""
     topic, name = make_stream(broker, partitions=2)
     totals, windows, out = f"{name}_totals", f"{name}_windows", f"{name}_sevens"
+    sessions = f"{name}_sessions"
     p = producer(broker.bootstrap, **{"linger.ms": 5, "enable.idempotence": True})
     rng = random.Random(7)
     sent = [0]
@@ -324,6 +327,8 @@ def test_kill9_while_persistent_queries_run_leaves_tables_and_outputs_exact(brok
         psql(broker, sql=f"CREATE TABLE {windows} AS SELECT user_id, count(*) AS n, avg(qty) AS mean "
                          f"FROM {name} WINDOW TUMBLING (SIZE 10 SECONDS) GROUP BY user_id")
         psql(broker, sql=f"CREATE STREAM {out} WITH (PARTITIONS=2) AS SELECT qty FROM {name} WHERE qty % 7 = 0")
+        psql(broker, sql=f"CREATE TABLE {sessions} AS SELECT user_id, count(*) AS n, sum(qty) AS total "
+                         f"FROM {name} WINDOW SESSION (2 SECONDS) WHERE qty % 500 < 3 GROUP BY user_id")
         time.sleep(1.5)
         broker.kill9()
         time.sleep(0.5)
@@ -335,7 +340,7 @@ def test_kill9_while_persistent_queries_run_leaves_tables_and_outputs_exact(brok
     flush_all(p)
     # The queries resumed from checkpoints taken before the kill.
     plain = re.sub(r"\x1b\[[0-9;]*m", "", broker.log_text())
-    assert plain.count("resumed=true") == 3, broker.log_tail()
+    assert plain.count("resumed=true") == 4, broker.log_tail()
 
     def rows(sql: str) -> list[tuple]:
         with connect(broker) as conn:
@@ -352,6 +357,12 @@ def test_kill9_while_persistent_queries_run_leaves_tables_and_outputs_exact(brok
     want_windows = rows(batch_windows)
     wait_for(lambda: rows(f"SELECT user_id, windowstart, n, mean FROM {windows}") == want_windows,
              timeout=60, what="the windowed table equal to the batch query")
+    want_sessions = rows(f"SELECT user_id, windowstart, windowend, count(*), sum(qty) FROM {name} "
+                         f"WINDOW SESSION (2 SECONDS) WHERE qty % 500 < 3 GROUP BY user_id")
+    assert len(want_sessions) > 6, want_sessions
+    wait_for(lambda: rows(f"SELECT user_id, windowstart, windowend, n, total FROM {sessions}") == want_sessions,
+             timeout=60, what="the session table equal to the batch query",
+             status=lambda: f"{rows(f'SELECT * FROM {sessions}')} != {want_sessions}")
     want_sevens = sorted(r[0] for r in rows(f"SELECT qty FROM {name} WHERE qty % 7 = 0"))
 
     def sevens() -> list[int]:
