@@ -13,6 +13,9 @@ broker runs with the tierer asleep (the records stay in hot segments).
          so it ends), wall time and broker CPU seconds (from /proc):
            - `tumbling`: COUNT(*), SUM(x) per key, WINDOW TUMBLING (SIZE 1 MINUTE)
            - `hopping`:  the same, WINDOW HOPPING (SIZE 1 MINUTE, ADVANCE BY 20 SECONDS)
+           - `session`:  the same, WINDOW SESSION (1 SECOND) (a key's records
+                         are 1 s apart on average with 100k keys: sessions
+                         start, grow and merge)
            - `group-by`: the same without a window (non-windowed GROUP BY)
          Each form runs twice: `HAVING count(*) < 0` (no row qualifies:
          the cost of maintaining the state, nothing sent) and as `COPY (...)
@@ -50,6 +53,7 @@ FORMS = {
     "group-by": "",
     "tumbling": "WINDOW TUMBLING (SIZE 1 MINUTE)",
     "hopping": "WINDOW HOPPING (SIZE 1 MINUTE, ADVANCE BY 20 SECONDS)",
+    "session": "WINDOW SESSION (1 SECOND)",
 }
 
 

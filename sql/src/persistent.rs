@@ -761,8 +761,12 @@ impl Engine {
         }
         // The output: JSON records from the query's idempotent producer.
         let (sink_schema, project) = sink_layout(&schema);
-        let sink =
-            crate::insert::StreamSink::new(&def.name, &def.topic, sink_schema, self.log.clone());
+        let sink = Arc::new(crate::insert::StreamSink::new(
+            &def.name,
+            &def.topic,
+            sink_schema,
+            self.log.clone(),
+        ));
         let (producer_id, producer_epoch, next_sequence) = match &saved {
             Some(c) => (
                 c.header.producer_id,
@@ -912,7 +916,7 @@ struct Runner {
     log: Arc<sediment_log::LogManager>,
     state: Arc<QueryState>,
     table: Option<Arc<MaterializedTable>>,
-    sink: crate::insert::StreamSink,
+    sink: Arc<crate::insert::StreamSink>,
     project: Project,
     /// A stream's output rows since the last commit.
     rows: Vec<RecordBatch>,
@@ -933,25 +937,39 @@ impl Runner {
         dropped: &AtomicBool,
     ) -> Result<(), SqlError> {
         let mut next_commit = Instant::now() + COMMIT_INTERVAL;
+        // The commit being written and appended, while the query goes on.
+        let mut inflight: Option<(Instant, InFlight)> = None;
         loop {
             let work = !self.rows.is_empty()
                 || !self.changed.is_empty()
+                || !self.deleted.is_empty()
                 || self.state.progress() != self.committed;
             tokio::select! {
                 biased;
                 () = stop.cancelled() => {
+                    if let Some((_, commit)) = inflight.take() {
+                        self.finish(commit.await)?;
+                    }
                     return if dropped.load(Ordering::Acquire) { Ok(()) } else { self.commit().await };
                 }
-                () = tokio::time::sleep_until(next_commit.into()), if work => {
-                    let started = Instant::now();
-                    self.commit().await?;
+                done = wait(&mut inflight) => {
+                    let started = inflight.take().map_or_else(Instant::now, |(s, _)| s);
+                    self.finish(done)?;
                     // A slow commit (a large state) spaces the next ones.
-                    next_commit = Instant::now() + COMMIT_INTERVAL.max(started.elapsed() * 4);
+                    next_commit = started + COMMIT_INTERVAL.max(started.elapsed() * 2);
+                }
+                () = tokio::time::sleep_until(next_commit.into()), if work && inflight.is_none() => {
+                    inflight = Some((Instant::now(), self.start_commit()?));
                 }
                 b = input.next() => match b {
                     Some(Ok(b)) => self.take(&b)?,
                     Some(Err(e)) => return Err(SqlError::from(e)),
-                    None => return self.commit().await,
+                    None => {
+                        if let Some((_, commit)) = inflight.take() {
+                            self.finish(commit.await)?;
+                        }
+                        return self.commit().await;
+                    }
                 },
             }
         }
@@ -991,6 +1009,17 @@ impl Runner {
     /// Writes a checkpoint with the input offsets, the state and the output
     /// since the last one, then appends that output.
     async fn commit(&mut self) -> Result<(), SqlError> {
+        let commit = self.start_commit()?;
+        self.finish(commit.await)
+    }
+
+    /// Takes what the next checkpoint holds (the input offsets, the state
+    /// and the table as they are, the output since the last one) and
+    /// writes it in the background: the encoding of the output, the
+    /// checkpoint file and the appends (after the checkpoint is durable)
+    /// do not hold the query up. One commit at a time, so only the last
+    /// one's output can be missing after a crash.
+    fn start_commit(&mut self) -> Result<InFlight, SqlError> {
         self.take_retractions()?;
         let mut rows = std::mem::take(&mut self.rows);
         if let Some(t) = &self.table {
@@ -1000,87 +1029,132 @@ impl Runner {
                 rows.push((self.project)(&b, Some(t.key_text(&b)?))?);
             }
         }
-        let topic = self.log.topic(&self.topic).ok_or_else(|| {
-            SqlError::new(
-                "42P01",
-                format!("output topic '{}' no longer exists", self.topic),
-            )
-        })?;
-        let now = sediment_log::now_ms();
-        let partitions = topic.partitions.len();
-        let deleted = std::mem::take(&mut self.deleted);
-        let mut records = vec![crate::insert::StreamSink::tombstones(
-            deleted.values(),
-            partitions,
-            now,
-        )];
-        for b in &rows {
-            records.push(self.sink.records(b, partitions, now)?);
-        }
-        let mut pending = Vec::new();
-        let mut bytes = Vec::new();
-        for by_partition in records {
-            for (p, recs) in by_partition {
-                for chunk in recs.chunks(OUTPUT_BATCH_RECORDS) {
-                    let first = self.header.next_sequence.get(&p).copied().unwrap_or(0);
-                    let refs: Vec<sediment_log::batch::SimpleRecord<'_>> = chunk
-                        .iter()
-                        .map(|(k, v, t)| (k.as_deref(), v.as_deref(), *t))
-                        .collect();
-                    let seq = sediment_log::batch::ProducerSeq {
-                        producer_id: self.header.producer_id,
-                        epoch: self.header.producer_epoch,
-                        base_sequence: first,
-                    };
-                    bytes.push(sediment_log::batch::encode_idempotent(&refs, seq));
-                    let last = wrap_sequence(i64::from(first) + chunk.len() as i64 - 1);
-                    pending.push(PendingBatch {
-                        partition: p,
-                        first_sequence: first,
-                        last_sequence: last,
-                        bytes: 0,
-                    });
-                    self.header
-                        .next_sequence
-                        .insert(p, wrap_sequence(i64::from(last) + 1));
-                }
-            }
-        }
+        let deleted: Vec<String> = std::mem::take(&mut self.deleted).into_values().collect();
         let progress = self.state.progress();
-        let mut checkpoint = Checkpoint {
-            header: Header {
-                taken_ms: now,
-                inputs: progress
-                    .iter()
-                    .map(|((topic, partition), next)| InputOffset {
-                        topic: topic.clone(),
-                        partition: *partition,
-                        next_offset: *next,
-                    })
-                    .collect(),
+        let aggregate = self.state.aggregate().map(|a| a.snapshot()).transpose()?;
+        let table = self.table.as_ref().map(|t| t.snapshot()).transpose()?;
+        let header = self.header.clone();
+        let (log, topic, path, sink) = (
+            self.log.clone(),
+            self.topic.clone(),
+            self.path.clone(),
+            self.sink.clone(),
+        );
+        let written = tokio::task::spawn_blocking(move || {
+            let topic_ref = log.topic(&topic).ok_or_else(|| {
+                SqlError::new("42P01", format!("output topic '{topic}' no longer exists"))
+            })?;
+            let now = sediment_log::now_ms();
+            let (header, pending) = encode_output(
+                header,
+                &sink,
+                &rows,
+                &deleted,
+                topic_ref.partitions.len(),
+                now,
+            )?;
+            let mut checkpoint = Checkpoint {
+                header: Header {
+                    taken_ms: now,
+                    inputs: progress
+                        .iter()
+                        .map(|((topic, partition), next)| InputOffset {
+                            topic: topic.clone(),
+                            partition: *partition,
+                            next_offset: *next,
+                        })
+                        .collect(),
+                    ..header
+                },
+                aggregate,
+                table,
                 pending,
-                ..self.header.clone()
-            },
-            aggregate: self.state.aggregate().map(|a| a.snapshot()).transpose()?,
-            table: self.table.as_ref().map(|t| t.snapshot()).transpose()?,
-            pending: bytes,
-        };
-        let path = self.path.clone();
-        let checkpoint =
-            tokio::task::spawn_blocking(move || checkpoint.write(&path).map(|()| checkpoint))
+            };
+            checkpoint.write(&path)?;
+            Ok::<_, SqlError>((log, topic, checkpoint, progress))
+        });
+        Ok(Box::pin(async move {
+            let (log, topic, checkpoint, progress) = written
                 .await
                 .map_err(|e| SqlError::internal(e.to_string()))??;
-        append_output(
-            &self.log,
-            &self.topic,
-            &checkpoint.header,
-            &checkpoint.pending,
-            false,
-        )
-        .await?;
+            append_output(&log, &topic, &checkpoint.header, &checkpoint.pending, false).await?;
+            Ok((checkpoint.header, progress))
+        }))
+    }
+
+    /// Takes in a finished commit: its producer sequences and offsets.
+    fn finish(&mut self, done: Result<Committed, SqlError>) -> Result<(), SqlError> {
+        let (header, progress) = done?;
+        self.header.next_sequence = header.next_sequence;
         self.committed = progress;
         Ok(())
     }
+}
+
+/// A commit under way (see [`Runner::start_commit`]).
+type InFlight =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<Committed, SqlError>> + Send>>;
+/// A finished commit: its header and the input offsets it covers.
+type Committed = (Header, BTreeMap<(String, i32), i64>);
+
+/// The commit under way, if any.
+async fn wait(inflight: &mut Option<(Instant, InFlight)>) -> Result<Committed, SqlError> {
+    match inflight {
+        Some((_, commit)) => commit.await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Encodes a commit's output (rows, then tombstones of deleted keys) as
+/// Kafka batches from the query's idempotent producer; the header with the
+/// next sequences and the batches' metadata, and the batches.
+fn encode_output(
+    mut header: Header,
+    sink: &crate::insert::StreamSink,
+    rows: &[RecordBatch],
+    deleted: &[String],
+    partitions: usize,
+    now: i64,
+) -> Result<(Header, Vec<Vec<u8>>), SqlError> {
+    let mut records = vec![crate::insert::StreamSink::tombstones(
+        deleted.iter(),
+        partitions,
+        now,
+    )];
+    for b in rows {
+        records.push(sink.records(b, partitions, now)?);
+    }
+    let mut pending = Vec::new();
+    let mut bytes = Vec::new();
+    for by_partition in records {
+        for (p, recs) in by_partition {
+            for chunk in recs.chunks(OUTPUT_BATCH_RECORDS) {
+                let first = header.next_sequence.get(&p).copied().unwrap_or(0);
+                let refs: Vec<sediment_log::batch::SimpleRecord<'_>> = chunk
+                    .iter()
+                    .map(|(k, v, t)| (k.as_deref(), v.as_deref(), *t))
+                    .collect();
+                let seq = sediment_log::batch::ProducerSeq {
+                    producer_id: header.producer_id,
+                    epoch: header.producer_epoch,
+                    base_sequence: first,
+                };
+                bytes.push(sediment_log::batch::encode_idempotent(&refs, seq));
+                let last = wrap_sequence(i64::from(first) + chunk.len() as i64 - 1);
+                pending.push(PendingBatch {
+                    partition: p,
+                    first_sequence: first,
+                    last_sequence: last,
+                    bytes: 0,
+                });
+                header
+                    .next_sequence
+                    .insert(p, wrap_sequence(i64::from(last) + 1));
+            }
+        }
+    }
+    header.pending = pending;
+    Ok((header, bytes))
 }
 
 /// Sequences wrap from `i32::MAX` to 0, as Kafka's do.
