@@ -1003,6 +1003,7 @@ impl Operator {
         let mut merged: HashMap<u32, u32> = HashMap::new();
         let mut gone = Vec::new();
         let mut dropped = 0;
+        let mut near: Vec<u32> = Vec::with_capacity(2);
         for (i, gid) in gids.iter_mut().enumerate() {
             if times.is_null(i) {
                 continue;
@@ -1011,7 +1012,7 @@ impl Operator {
             let row = rows.row(i);
             // A record falls within the gap of at most two sessions (they
             // are more than a gap apart).
-            let mut near: Vec<u32> = Vec::new();
+            near.clear();
             if let Some(list) = self.state.sessions.get(row.as_ref()) {
                 near.extend(list.iter().copied().filter(|&s| {
                     let (start, end) = self.state.bounds[s as usize];

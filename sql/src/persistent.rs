@@ -338,23 +338,23 @@ pub fn parse_create_as(sql: &str) -> Result<Option<CreateAs>, SqlError> {
 
 /// A table a persistent query keeps up to date: the latest row of each key,
 /// in Arrow's row format (keys and whole rows), so that upserting a batch
-/// of changes and reading the table back are vectorized.
+/// of changes and reading the table back are vectorized. Rows are shared
+/// (`Arc`), so a snapshot holds the lock only to count references and
+/// converts back to Arrow outside it.
 pub struct MaterializedTable {
     schema: SchemaRef,
     /// Output columns that form the key.
     key_columns: Vec<usize>,
-    rows: Mutex<Rows>,
-}
-
-/// Key row -> whole row, both in the row format.
-struct Rows {
     keys: RowConverter,
     all: RowConverter,
-    map: HashMap<Box<[u8]>, Box<[u8]>>,
+    /// Key row -> whole row.
+    rows: Mutex<HashMap<RowKey, TableRow>>,
 }
 
 /// A key of a [`MaterializedTable`], in the row format.
 pub(crate) type RowKey = Box<[u8]>;
+/// A whole row of a [`MaterializedTable`], in the row format.
+pub(crate) type TableRow = Arc<[u8]>;
 
 impl fmt::Debug for MaterializedTable {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -365,15 +365,12 @@ impl fmt::Debug for MaterializedTable {
 impl MaterializedTable {
     fn new(schema: SchemaRef, key_columns: Vec<usize>) -> Result<Self> {
         let field = |i: usize| SortField::new(schema.field(i).data_type().clone());
-        let rows = Rows {
+        Ok(MaterializedTable {
             keys: RowConverter::new(key_columns.iter().map(|&i| field(i)).collect())?,
             all: RowConverter::new((0..schema.fields().len()).map(field).collect())?,
-            map: HashMap::new(),
-        };
-        Ok(MaterializedTable {
             schema,
             key_columns,
-            rows: Mutex::new(rows),
+            rows: Mutex::new(HashMap::new()),
         })
     }
 
@@ -384,43 +381,50 @@ impl MaterializedTable {
             .iter()
             .map(|&c| b.column(c).clone())
             .collect();
-        let mut rows = self.rows.lock();
-        let keys = rows.keys.convert_columns(&key_cols)?;
-        let all = rows.all.convert_columns(b.columns())?;
+        let keys = self.keys.convert_columns(&key_cols)?;
+        let all = self.all.convert_columns(b.columns())?;
         let mut changed = Vec::with_capacity(b.num_rows());
+        let mut rows = self.rows.lock();
         for i in 0..b.num_rows() {
             let key: RowKey = keys.row(i).as_ref().into();
-            rows.map.insert(key.clone(), all.row(i).as_ref().into());
+            rows.insert(key.clone(), all.row(i).as_ref().into());
             changed.push(key);
         }
         Ok(changed)
     }
 
     fn snapshot(&self) -> Result<RecordBatch> {
-        let rows = self.rows.lock();
-        self.batch(&rows, rows.map.values())
+        let rows = self.snapshot_rows();
+        self.batch_of(&rows)
+    }
+
+    /// Every row as it is now (see [`MaterializedTable::batch_of`]).
+    fn snapshot_rows(&self) -> Vec<TableRow> {
+        self.rows.lock().values().cloned().collect()
     }
 
     /// The rows of `keys` (those it has).
     fn rows_for<'a>(&self, keys: impl Iterator<Item = &'a RowKey>) -> Result<RecordBatch> {
-        let rows = self.rows.lock();
-        let found: Vec<&Box<[u8]>> = keys.filter_map(|k| rows.map.get(k)).collect();
-        self.batch(&rows, found.into_iter())
+        let rows = self.rows_of(keys);
+        self.batch_of(&rows)
     }
 
-    fn batch<'a>(
-        &self,
-        rows: &Rows,
-        values: impl Iterator<Item = &'a Box<[u8]>>,
-    ) -> Result<RecordBatch> {
-        let parser = rows.all.parser();
-        let values: Vec<_> = values.map(|r| parser.parse(r)).collect();
-        let n = values.len();
-        let columns = rows.all.convert_rows(values)?;
+    /// The rows of `keys` as they are now (those it has).
+    fn rows_of<'a>(&self, keys: impl Iterator<Item = &'a RowKey>) -> Vec<TableRow> {
+        let rows = self.rows.lock();
+        keys.filter_map(|k| rows.get(k).cloned()).collect()
+    }
+
+    /// `rows` as a batch in the table's schema.
+    fn batch_of(&self, rows: &[TableRow]) -> Result<RecordBatch> {
+        let parser = self.all.parser();
+        let columns = self
+            .all
+            .convert_rows(rows.iter().map(|r| parser.parse(r)))?;
         Ok(RecordBatch::try_new_with_options(
             self.schema.clone(),
             columns,
-            &datafusion::arrow::array::RecordBatchOptions::new().with_row_count(Some(n)),
+            &datafusion::arrow::array::RecordBatchOptions::new().with_row_count(Some(rows.len())),
         )?)
     }
 
@@ -439,8 +443,7 @@ impl MaterializedTable {
     /// Deletes the rows of `keys` (the key columns, in key order); the
     /// keys it had, with their record-key text.
     fn delete(&self, keys: &RecordBatch) -> Result<Vec<(RowKey, String)>> {
-        let mut rows = self.rows.lock();
-        let converted = rows.keys.convert_columns(keys.columns())?;
+        let converted = self.keys.convert_columns(keys.columns())?;
         let schema = keys.schema_ref();
         let columns: Vec<(&str, &ArrayRef)> = schema
             .fields()
@@ -450,9 +453,10 @@ impl MaterializedTable {
             .collect();
         let texts = key_texts(&columns, keys.num_rows())?;
         let mut gone = Vec::new();
+        let mut rows = self.rows.lock();
         for (i, text) in texts.into_iter().enumerate() {
             let row = converted.row(i);
-            if let Some((key, _)) = rows.map.remove_entry(row.as_ref()) {
+            if let Some((key, _)) = rows.remove_entry(row.as_ref()) {
                 gone.push((key, text));
             }
         }
@@ -485,13 +489,12 @@ impl MaterializedTable {
             _ => None,
         })?;
         let array = value.to_array().ok()?;
-        let rows = self.rows.lock();
-        let converted = rows.keys.convert_columns(&[array]).ok()?;
+        let converted = self.keys.convert_columns(&[array]).ok()?;
         Some(converted.row(0).as_ref().into())
     }
 
     pub fn len(&self) -> usize {
-        self.rows.lock().map.len()
+        self.rows.lock().len()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -1022,17 +1025,15 @@ impl Runner {
     fn start_commit(&mut self) -> Result<InFlight, SqlError> {
         self.take_retractions()?;
         let mut rows = std::mem::take(&mut self.rows);
-        if let Some(t) = &self.table {
+        // A table's changed rows and all its rows, as they are now; turned
+        // into batches in the background.
+        let table = self.table.as_ref().map(|t| {
             let changed = std::mem::take(&mut self.changed);
-            let b = t.rows_for(changed.iter())?;
-            if b.num_rows() > 0 {
-                rows.push((self.project)(&b, Some(t.key_text(&b)?))?);
-            }
-        }
+            (t.clone(), t.rows_of(changed.iter()), t.snapshot_rows())
+        });
         let deleted: Vec<String> = std::mem::take(&mut self.deleted).into_values().collect();
         let progress = self.state.progress();
         let aggregate = self.state.aggregate().map(|a| a.snapshot()).transpose()?;
-        let table = self.table.as_ref().map(|t| t.snapshot()).transpose()?;
         let header = self.header.clone();
         let (log, topic, path, sink) = (
             self.log.clone(),
@@ -1040,7 +1041,18 @@ impl Runner {
             self.path.clone(),
             self.sink.clone(),
         );
+        let project = self.project.clone();
         let written = tokio::task::spawn_blocking(move || {
+            let table = match table {
+                Some((t, changed, all)) => {
+                    let b = t.batch_of(&changed)?;
+                    if b.num_rows() > 0 {
+                        rows.push(project(&b, Some(t.key_text(&b)?))?);
+                    }
+                    Some(t.batch_of(&all)?)
+                }
+                None => None,
+            };
             let topic_ref = log.topic(&topic).ok_or_else(|| {
                 SqlError::new("42P01", format!("output topic '{topic}' no longer exists"))
             })?;
