@@ -630,9 +630,96 @@ impl fmt::Debug for AggregateHandle {
 }
 
 impl AggregateHandle {
-    /// The whole state as one batch (see [`Operator::snapshot`]).
-    pub(crate) fn snapshot(&self) -> Result<RecordBatch> {
-        self.0.lock().snapshot()
+    /// A copy of the state, to turn into the snapshot off the query's task.
+    pub(crate) fn copy_state(&self) -> Result<StateCopy> {
+        self.0.lock().copy_state()
+    }
+}
+
+/// How group keys in the row format become key columns again; shared with
+/// state copies converted away from the query's task.
+#[derive(Clone)]
+struct KeyLayout {
+    converter: Arc<RowConverter>,
+    schema: SchemaRef,
+    /// How many group keys, and a session window's bound positions.
+    groups: usize,
+    session: Option<(usize, usize)>,
+}
+
+impl KeyLayout {
+    /// The group key columns of `keys`, with a session's `bounds` put
+    /// back in.
+    fn columns<'a>(
+        &self,
+        keys: impl Iterator<Item = &'a [u8]>,
+        bounds: &[(i64, i64)],
+    ) -> Result<Vec<ArrayRef>> {
+        let parser = self.converter.parser();
+        let mut base = self
+            .converter
+            .convert_rows(keys.map(|k| parser.parse(k)))?
+            .into_iter();
+        let Some((start, end)) = self.session else {
+            return Ok(base.collect());
+        };
+        let fields = self.schema.fields();
+        let timestamps = |pick: fn(&(i64, i64)) -> i64, at: usize| -> Result<ArrayRef> {
+            let a: ArrayRef = Arc::new(
+                TimestampMillisecondArray::from_iter_values(bounds.iter().map(pick))
+                    .with_timezone("UTC"),
+            );
+            Ok(cast(&a, fields[at].data_type())?)
+        };
+        (0..self.groups)
+            .map(|i| {
+                if i == start {
+                    timestamps(|b| b.0, i)
+                } else if i == end {
+                    timestamps(|b| b.1, i)
+                } else {
+                    base.next()
+                        .ok_or_else(|| DataFusionError::Internal("missing key column".into()))
+                }
+            })
+            .collect()
+    }
+}
+
+/// A copy of an aggregate's state, taken on the query's task and turned
+/// into a snapshot batch ([`StateCopy::into_batch`]) elsewhere.
+pub(crate) struct StateCopy {
+    layout: KeyLayout,
+    keys: Vec<Box<[u8]>>,
+    bounds: Vec<(i64, i64)>,
+    /// Aggregate state columns (name, values).
+    accs: Vec<(String, ArrayRef)>,
+    metadata: HashMap<String, String>,
+}
+
+impl StateCopy {
+    /// The snapshot batch (see [`Operator::copy_state`]).
+    pub(crate) fn into_batch(self) -> Result<RecordBatch> {
+        let keys = self
+            .layout
+            .columns(self.keys.iter().map(|k| k.as_ref()), &self.bounds)?;
+        let mut fields = Vec::new();
+        let mut columns = Vec::new();
+        for (i, k) in keys.into_iter().enumerate() {
+            fields.push(Field::new(format!("key_{i}"), k.data_type().clone(), true));
+            columns.push(k);
+        }
+        for (name, a) in self.accs {
+            fields.push(Field::new(name, a.data_type().clone(), true));
+            columns.push(a);
+        }
+        let schema = Arc::new(Schema::new_with_metadata(fields, self.metadata));
+        Ok(RecordBatch::try_new_with_options(
+            schema,
+            columns,
+            &datafusion::arrow::array::RecordBatchOptions::new()
+                .with_row_count(Some(self.keys.len())),
+        )?)
     }
 }
 
@@ -651,6 +738,7 @@ struct Operator {
     /// The persistent query this runs in, which may collect the keys a
     /// session's growth replaced.
     query: Option<Arc<QueryState>>,
+    layout: KeyLayout,
     state: Groups,
 }
 
@@ -660,7 +748,7 @@ struct Operator {
 struct Groups {
     /// Group keys in Arrow's row format: the whole key, or for session
     /// windows the key without the window bounds.
-    converter: RowConverter,
+    converter: Arc<RowConverter>,
     /// Group keys to group ids (all but session windows).
     index: HashMap<Box<[u8]>, u32>,
     /// Session windows: each key's sessions.
@@ -687,7 +775,7 @@ struct Groups {
 }
 
 impl Groups {
-    fn new(converter: RowConverter, aggs: &[AggSpec]) -> Self {
+    fn new(converter: Arc<RowConverter>, aggs: &[AggSpec]) -> Self {
         Groups {
             converter,
             index: HashMap::new(),
@@ -753,6 +841,11 @@ impl Groups {
         key
     }
 
+    /// Group `g` comes due when stream time reaches `at`.
+    fn schedule(&mut self, at: i64, g: u32) {
+        self.timers.entry(at).or_default().push(g);
+    }
+
     fn touch(&mut self, g: u32) {
         if !self.touched_mark[g as usize] {
             self.touched_mark[g as usize] = true;
@@ -810,6 +903,17 @@ impl Operator {
             .filter(|(i, _)| !skip.is_some_and(|s| s.contains(i)))
             .map(|(_, f)| SortField::new(f.data_type().clone()))
             .collect();
+        let converter = Arc::new(RowConverter::new(sort_fields)?);
+        let layout = KeyLayout {
+            converter: converter.clone(),
+            schema: exec.schema.clone(),
+            groups: exec.groups.len(),
+            session: exec
+                .window
+                .as_ref()
+                .filter(|w| w.session())
+                .map(|w| (w.start_group, w.end_group)),
+        };
         Ok(Operator {
             groups: exec.groups.clone(),
             aggs: exec.aggs.clone(),
@@ -818,7 +922,8 @@ impl Operator {
             emit: exec.emit,
             late: exec.late.clone(),
             query,
-            state: Groups::new(RowConverter::new(sort_fields)?, &exec.aggs),
+            layout,
+            state: Groups::new(converter, &exec.aggs),
         })
     }
 
@@ -967,11 +1072,7 @@ impl Operator {
                     let g = self.state.alloc(key.clone(), bounds)?;
                     self.state.index.insert(key, g);
                     if let Some(w) = w {
-                        self.state
-                            .timers
-                            .entry(w.close_at(bounds))
-                            .or_default()
-                            .push(g);
+                        self.state.schedule(w.close_at(bounds), g);
                     }
                     g
                 }
@@ -1057,11 +1158,7 @@ impl Operator {
             };
             self.state.bounds[g as usize] = bounds;
             if was.is_none_or(|was| w.close_at(was) != w.close_at(bounds)) {
-                self.state
-                    .timers
-                    .entry(w.close_at(bounds))
-                    .or_default()
-                    .push(g);
+                self.state.schedule(w.close_at(bounds), g);
             }
             self.state.touch(g);
             *gid = g;
@@ -1106,7 +1203,7 @@ impl Operator {
                     if forget_at == close {
                         forget.push(g);
                     } else {
-                        self.state.timers.entry(forget_at).or_default().push(g);
+                        self.state.schedule(forget_at, g);
                     }
                 } else if at == forget_at {
                     forget.push(g);
@@ -1148,35 +1245,7 @@ impl Operator {
         keys: impl Iterator<Item = &'a [u8]>,
         bounds: &[(i64, i64)],
     ) -> Result<Vec<ArrayRef>> {
-        let parser = self.state.converter.parser();
-        let mut base = self
-            .state
-            .converter
-            .convert_rows(keys.map(|k| parser.parse(k)))?
-            .into_iter();
-        let Some(w) = self.session() else {
-            return Ok(base.collect());
-        };
-        let fields = self.schema.fields();
-        let timestamps = |pick: fn(&(i64, i64)) -> i64, at: usize| -> Result<ArrayRef> {
-            let a: ArrayRef = Arc::new(
-                TimestampMillisecondArray::from_iter_values(bounds.iter().map(pick))
-                    .with_timezone("UTC"),
-            );
-            Ok(cast(&a, fields[at].data_type())?)
-        };
-        (0..self.groups.len())
-            .map(|i| {
-                if i == w.start_group {
-                    timestamps(|b| b.0, i)
-                } else if i == w.end_group {
-                    timestamps(|b| b.1, i)
-                } else {
-                    base.next()
-                        .ok_or_else(|| DataFusionError::Internal("missing key column".into()))
-                }
-            })
-            .collect()
+        self.layout.columns(keys, bounds)
     }
 
     /// The current rows of groups `gids`.
@@ -1217,49 +1286,40 @@ const STATE_WATERMARK: &str = "sediment.watermark";
 const STATE_LATE: &str = "sediment.late_records";
 
 impl Operator {
-    /// The whole state as one batch, one row per group: the group keys
+    /// The whole state, which [`StateCopy::into_batch`] makes one batch,
+    /// one row per group: the group keys
     /// (`key_<i>`, a session's bounds included) and each aggregate's state
     /// (`acc_<i>`, and for AVG `acc_<i>_sum`, `acc_<i>_count`), with stream
     /// time and late records in the metadata. Arrow columns rather than
     /// the row format, which is not stable across Arrow versions. Which
     /// windows are closed follows from their bounds and stream time.
-    fn snapshot(&self) -> Result<RecordBatch> {
+    /// The copy holds the keys in the row format and the aggregates as
+    /// columns, so taking it is cheap.
+    fn copy_state(&self) -> Result<StateCopy> {
         let st = &self.state;
         let gids = self.live_groups();
-        let bounds: Vec<(i64, i64)> = gids.iter().map(|&g| st.bounds[g as usize]).collect();
-        let keys = self.key_columns(gids.iter().map(|&g| st.keys[g as usize].as_ref()), &bounds)?;
-        let mut fields = Vec::new();
-        let mut columns = Vec::new();
-        for (i, k) in keys.into_iter().enumerate() {
-            fields.push(Field::new(format!("key_{i}"), k.data_type().clone(), true));
-            columns.push(k);
-        }
+        let mut accs = Vec::new();
         for (i, (acc, spec)) in st.accs.iter().zip(&self.aggs).enumerate() {
             for (suffix, a) in acc.state(&gids, &spec.out)? {
-                fields.push(Field::new(
-                    format!("acc_{i}{suffix}"),
-                    a.data_type().clone(),
-                    true,
-                ));
-                columns.push(a);
+                accs.push((format!("acc_{i}{suffix}"), a));
             }
         }
-        let metadata = HashMap::from([
-            (STATE_WATERMARK.to_string(), st.watermark.to_string()),
-            (
-                STATE_LATE.to_string(),
-                self.late.0.load(Ordering::Relaxed).to_string(),
-            ),
-        ]);
-        let schema = Arc::new(Schema::new_with_metadata(fields, metadata));
-        Ok(RecordBatch::try_new_with_options(
-            schema,
-            columns,
-            &datafusion::arrow::array::RecordBatchOptions::new().with_row_count(Some(gids.len())),
-        )?)
+        Ok(StateCopy {
+            layout: self.layout.clone(),
+            keys: gids.iter().map(|&g| st.keys[g as usize].clone()).collect(),
+            bounds: gids.iter().map(|&g| st.bounds[g as usize]).collect(),
+            accs,
+            metadata: HashMap::from([
+                (STATE_WATERMARK.to_string(), st.watermark.to_string()),
+                (
+                    STATE_LATE.to_string(),
+                    self.late.0.load(Ordering::Relaxed).to_string(),
+                ),
+            ]),
+        })
     }
 
-    /// Loads a [`Operator::snapshot`] into this (new) operator. (Snapshots
+    /// Loads a [`Operator::copy_state`] into this (new) operator. (Snapshots
     /// of format 1 may also have an `open` column: ignored, since which
     /// windows are open follows from stream time.)
     fn restore(&mut self, saved: &RecordBatch) -> Result<()> {
@@ -1342,7 +1402,7 @@ impl Operator {
                 } else {
                     w.forget_at(b)
                 };
-                st.timers.entry(at).or_default().push(g as u32);
+                st.schedule(at, g as u32);
             }
         }
         Ok(())

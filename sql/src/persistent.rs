@@ -958,8 +958,9 @@ impl Runner {
                 done = wait(&mut inflight) => {
                     let started = inflight.take().map_or_else(Instant::now, |(s, _)| s);
                     self.finish(done)?;
-                    // A slow commit (a large state) spaces the next ones.
-                    next_commit = started + COMMIT_INTERVAL.max(started.elapsed() * 2);
+                    // A slow commit (a large state) spaces the next ones, so
+                    // that commits take a quarter of the time at most.
+                    next_commit = started + COMMIT_INTERVAL.max(started.elapsed() * 4);
                 }
                 () = tokio::time::sleep_until(next_commit.into()), if work && inflight.is_none() => {
                     inflight = Some((Instant::now(), self.start_commit()?));
@@ -1033,7 +1034,7 @@ impl Runner {
         });
         let deleted: Vec<String> = std::mem::take(&mut self.deleted).into_values().collect();
         let progress = self.state.progress();
-        let aggregate = self.state.aggregate().map(|a| a.snapshot()).transpose()?;
+        let aggregate = self.state.aggregate().map(|a| a.copy_state()).transpose()?;
         let header = self.header.clone();
         let (log, topic, path, sink) = (
             self.log.clone(),
@@ -1043,6 +1044,9 @@ impl Runner {
         );
         let project = self.project.clone();
         let written = tokio::task::spawn_blocking(move || {
+            let aggregate = aggregate
+                .map(crate::continuous::StateCopy::into_batch)
+                .transpose()?;
             let table = match table {
                 Some((t, changed, all)) => {
                     let b = t.batch_of(&changed)?;

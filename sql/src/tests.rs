@@ -965,30 +965,35 @@ async fn continuous_aggregates_equal_the_batch_result() {
     }
 }
 
+/// Creates the one-partition stream `clicks (k VARCHAR)` and starts push
+/// query `sql` over it (from the latest offset).
+async fn clicks_push(f: &Fixture, sql: &str) -> crate::push::PushStream {
+    f.engine
+        .execute("CREATE STREAM clicks (k VARCHAR) WITH (KAFKA_TOPIC='clicks', PARTITIONS=1)")
+        .await
+        .unwrap();
+    let q = crate::push::parse(sql).unwrap().unwrap();
+    f.engine
+        .push(&q, &crate::Properties::default())
+        .await
+        .unwrap()
+}
+
 /// A record later than its window's grace period is dropped and counted;
 /// EMIT FINAL emits each window once, when stream time passes its end
 /// plus grace.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn late_records_are_dropped_and_final_windows_emit_once() {
-    use crate::Properties;
     use futures::StreamExt;
     let f = fixture();
-    f.engine
-        .execute("CREATE STREAM clicks (k VARCHAR) WITH (KAFKA_TOPIC='clicks', PARTITIONS=1)")
-        .await
-        .unwrap();
-    let q = crate::push::parse(
+    let push = clicks_push(
+        &f,
         "SELECT k, windowstart, count(*) AS n FROM clicks \
          WINDOW TUMBLING (SIZE 10 SECONDS, GRACE PERIOD 2 SECONDS) GROUP BY k EMIT FINAL",
     )
-    .unwrap()
-    .unwrap();
-    let push = f.engine.push(&q, &Properties::default()).await.unwrap();
+    .await;
     let t0 = f.t0;
-    let send = |ts: i64| {
-        let v = r#"{"k":"a"}"#.to_string();
-        produce(&f, "clicks", 0, &[v], ts);
-    };
+    let send = |ts: i64| produce(&f, "clicks", 0, &[r#"{"k":"a"}"#.to_string()], ts);
     send(t0 + 1_000); // window [0, 10s)
     send(t0 + 9_000);
     send(t0 + 11_000); // window [10s, 20s); [0, 10s) is still in grace
@@ -1261,25 +1266,16 @@ async fn session_window_tables_equal_the_batch_sessions() {
 /// and a record that would extend a closed session is dropped as late.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn session_windows_close_and_emit_final_once() {
-    use crate::Properties;
     use futures::StreamExt;
     let f = fixture();
-    f.engine
-        .execute("CREATE STREAM clicks (k VARCHAR) WITH (KAFKA_TOPIC='clicks', PARTITIONS=1)")
-        .await
-        .unwrap();
-    let q = crate::push::parse(
+    let push = clicks_push(
+        &f,
         "SELECT k, windowstart, windowend, count(*) AS n FROM clicks \
          WINDOW SESSION (10 SECONDS, GRACE PERIOD 2 SECONDS) GROUP BY k EMIT FINAL",
     )
-    .unwrap()
-    .unwrap();
-    let push = f.engine.push(&q, &Properties::default()).await.unwrap();
+    .await;
     let t0 = f.t0;
-    let send = |ts: i64| {
-        let v = r#"{"k":"a"}"#.to_string();
-        produce(&f, "clicks", 0, &[v], ts);
-    };
+    let send = |ts: i64| produce(&f, "clicks", 0, &[r#"{"k":"a"}"#.to_string()], ts);
     send(t0 + 1_000); // session [1s, 1s]
     send(t0 + 5_000); // [1s, 5s]
     send(t0 + 30_000); // a new session; [1s, 5s] closes (30 > 5 + 10 + 2)
