@@ -1557,19 +1557,7 @@ impl Acc {
             Acc::MinMaxOther { v, max } => {
                 let a = required(arg)?;
                 for (i, &g) in rows.filter(|(i, _)| a.is_valid(*i)) {
-                    let x = ScalarValue::try_from_array(a, i)?;
-                    let slot = &mut v[g as usize];
-                    let replace = match slot {
-                        None => true,
-                        Some(cur) => match x.partial_cmp(cur) {
-                            Some(CmpOrdering::Greater) => *max,
-                            Some(CmpOrdering::Less) => !*max,
-                            _ => false,
-                        },
-                    };
-                    if replace {
-                        *slot = Some(x);
-                    }
+                    keep_better(&mut v[g as usize], ScalarValue::try_from_array(a, i)?, *max);
                 }
             }
             Acc::Avg { sum, count } => {
@@ -1703,17 +1691,7 @@ impl Acc {
             }
             Acc::MinMaxOther { v, max } => {
                 if let Some(x) = v[from].take() {
-                    let replace = match &v[into] {
-                        None => true,
-                        Some(cur) => match x.partial_cmp(cur) {
-                            Some(CmpOrdering::Greater) => *max,
-                            Some(CmpOrdering::Less) => !*max,
-                            _ => false,
-                        },
-                    };
-                    if replace {
-                        v[into] = Some(x);
-                    }
+                    keep_better(&mut v[into], x, *max);
                 }
             }
             Acc::Avg { sum, count } => {
@@ -1779,6 +1757,21 @@ impl Acc {
             }
         }
         Ok(())
+    }
+}
+
+/// Puts `x` in `slot` if it is the larger (`max`) or smaller value.
+fn keep_better(slot: &mut Option<ScalarValue>, x: ScalarValue, max: bool) {
+    let replace = match slot {
+        None => true,
+        Some(cur) => match x.partial_cmp(cur) {
+            Some(CmpOrdering::Greater) => max,
+            Some(CmpOrdering::Less) => !max,
+            _ => false,
+        },
+    };
+    if replace {
+        *slot = Some(x);
     }
 }
 
