@@ -308,24 +308,18 @@ impl ExtensionPlanner for ContinuousPlanner {
         }
         let window = match node.window {
             Some(spec) => {
-                let start = node
-                    .group_expr
-                    .iter()
-                    .position(|e| matches!(e, Expr::Column(c) if c.name == WINDOW_START))
-                    .ok_or_else(|| {
-                        DataFusionError::Plan(
-                            "a windowed aggregation must group by windowstart".into(),
-                        )
-                    })?;
-                let end = node
-                    .group_expr
-                    .iter()
-                    .position(|e| matches!(e, Expr::Column(c) if c.name == WINDOW_END))
-                    .ok_or_else(|| {
-                        DataFusionError::Plan(
-                            "a windowed aggregation must group by windowend".into(),
-                        )
-                    })?;
+                // Which group keys are the window bounds.
+                let group_of = |name: &str| {
+                    node.group_expr
+                        .iter()
+                        .position(|e| matches!(e, Expr::Column(c) if c.name == name))
+                        .ok_or_else(|| {
+                            DataFusionError::Plan(format!(
+                                "a windowed aggregation must group by {name}"
+                            ))
+                        })
+                };
+                let (start, end) = (group_of(WINDOW_START)?, group_of(WINDOW_END)?);
                 let (c, _) = event_time_column(schema)?;
                 Some(WindowRuntime {
                     spec,
