@@ -21,8 +21,9 @@ One run on loopback, release binary; everything started is stopped.
                       the changelog included); the checkpoint's size.
   freshness  stream `live` (hot tier), table `live_counts` (COUNT by key)
              and a push query `SELECT k FROM live WHERE k LIKE 'probe%'
-             EMIT CHANGES` read through COPY by psycopg. A background
-             producer writes --rate records/s (default: half the load
+             EMIT CHANGES` read through COPY by psycopg. A producer in a
+             process of its own (so that it does not hold the probe
+             clients' GIL) writes --rate records/s (default: half the load
              phase's rate, "half load"); every --probe-ms a probe record
              with a key of its own goes out from a second producer
              (linger.ms=0, acks=all). Latency from the probe's produce()
@@ -37,6 +38,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing as mp
 import statistics
 import subprocess
 import sys
@@ -139,26 +141,12 @@ def freshness(a, b, dsn: str, res: dict) -> None:
     with psycopg.connect(dsn, autocommit=True) as c:
         c.execute(f"CREATE STREAM live (k VARCHAR, x BIGINT) WITH (KAFKA_TOPIC='live', PARTITIONS={a.partitions})")
         c.execute("CREATE TABLE live_counts AS SELECT k, count(*) AS n FROM live GROUP BY k")
-    stop = threading.Event()
-    sent = [0]
-
-    def load():
-        p = Producer({"bootstrap.servers": b.bootstrap, "linger.ms": 5, "queue.buffering.max.messages": 1_000_000})
-        t0 = time.monotonic()
-        i = 0
-        while not stop.is_set():
-            due = int((time.monotonic() - t0) * rate)
-            while i < due:
-                try:
-                    p.produce("live", value=b'{"k":"k%d","x":%d}' % ((i * 7919) % a.keys, i % 1000),
-                              partition=i % a.partitions)
-                    i += 1
-                except BufferError:
-                    p.poll(0.01)
-            p.poll(0)
-            time.sleep(0.002)
-        p.flush(30)
-        sent[0] = i
+    # The load runs in a process of its own: in a thread it would hold the
+    # GIL for milliseconds at a time and delay the probe and push clients.
+    ctx = mp.get_context("fork")
+    stop, sent = ctx.Event(), ctx.Value("q", 0)
+    loader = ctx.Process(target=load, args=(b.bootstrap, rate, a.keys, a.partitions, stop, sent), daemon=True)
+    loader.start()
 
     push_seen: dict[str, float] = {}
 
@@ -177,10 +165,8 @@ def freshness(a, b, dsn: str, res: dict) -> None:
                 raise
 
     ready = threading.Event()
-    readers = [threading.Thread(target=push_reader, args=(ready,), daemon=True),
-               threading.Thread(target=load, daemon=True)]
-    for t in readers:
-        t.start()
+    reader = threading.Thread(target=push_reader, args=(ready,), daemon=True)
+    reader.start()
     ready.wait(30)
     time.sleep(2)  # the load settles
     probe = Producer({"bootstrap.servers": b.bootstrap, "linger.ms": 0, "acks": "all"})
@@ -208,16 +194,38 @@ def freshness(a, b, dsn: str, res: dict) -> None:
         elapsed, cpu = time.monotonic() - t_start, b.cpu() - cpu0
     stop.set()
     probe.flush(10)
-    for t in readers:
-        t.join(10)
+    reader.join(10)
+    loader.join(60)
     res["freshness"] = {
-        "rate": rate, "records_sent": sent[0], "probes": n, "seconds": elapsed, "broker_cpu_s": cpu,
+        "rate": rate, "records_sent": sent.value, "probes": n, "seconds": elapsed, "broker_cpu_s": cpu,
         "push": {"seen": len(push_lat), **summ(push_lat)},
         "pull": {"seen": len(pull_lat), **summ(pull_lat)},
     }
     f = res["freshness"]
     log(f"freshness at {rate:,} records/s ({n} probes): push p50 {f['push']['p50_ms']:.1f} ms p99 "
         f"{f['push']['p99_ms']:.1f} ms; pull p50 {f['pull']['p50_ms']:.1f} ms p99 {f['pull']['p99_ms']:.1f} ms")
+
+
+def load(bootstrap: str, rate: int, keys: int, partitions: int, stop, sent) -> None:
+    """The background load: `rate` records/s into `live` until `stop`."""
+    from confluent_kafka import Producer
+
+    p = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5, "queue.buffering.max.messages": 1_000_000})
+    t0 = time.monotonic()
+    i = 0
+    while not stop.is_set():
+        due = int((time.monotonic() - t0) * rate)
+        while i < due:
+            try:
+                p.produce("live", value=b'{"k":"k%d","x":%d}' % ((i * 7919) % keys, i % 1000),
+                          partition=i % partitions)
+                i += 1
+            except BufferError:
+                p.poll(0.01)
+        p.poll(0)
+        time.sleep(0.002)
+    p.flush(30)
+    sent.value = i
 
 
 def summ(xs: list[float]) -> dict:

@@ -44,6 +44,9 @@ use datafusion::arrow::row::{RowConverter, SortField};
 use datafusion::catalog::Session;
 use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
 use datafusion::common::{Column, DFSchemaRef, DataFusionError, Result, ScalarValue};
+// hashbrown with foldhash, seeded per process: group keys come from input
+// records, and SipHash was a tenth of a busy query's time.
+use datafusion::common::HashMap as FastMap;
 use datafusion::execution::context::QueryPlanner;
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
 use datafusion::logical_expr::physical_planning_context::PhysicalPlanningContext;
@@ -684,7 +687,7 @@ impl KeyLayout {
 /// into a snapshot batch ([`StateCopy::into_batch`]) elsewhere.
 pub(crate) struct StateCopy {
     layout: KeyLayout,
-    keys: Vec<Box<[u8]>>,
+    keys: Vec<GroupKey>,
     bounds: Vec<(i64, i64)>,
     /// Aggregate state columns (name, values).
     accs: Vec<(String, ArrayRef)>,
@@ -719,7 +722,11 @@ impl StateCopy {
 
 /// A session's row that is gone: its key (row format, without bounds) and
 /// the bounds it was sent with.
-type Replaced = (Box<[u8]>, (i64, i64));
+type Replaced = (GroupKey, (i64, i64));
+
+/// A group key in Arrow's row format, shared by the key index and the group
+/// (and by a checkpoint's copy of the state, which so allocates nothing).
+type GroupKey = Arc<[u8]>;
 
 /// The running state of one continuous aggregate.
 struct Operator {
@@ -744,10 +751,10 @@ struct Groups {
     /// windows the key without the window bounds.
     converter: Arc<RowConverter>,
     /// Group keys to group ids (all but session windows).
-    index: HashMap<Box<[u8]>, u32>,
+    index: FastMap<GroupKey, u32>,
     /// Session windows: each key's sessions.
-    sessions: HashMap<Box<[u8]>, Vec<u32>>,
-    keys: Vec<Box<[u8]>>,
+    sessions: FastMap<GroupKey, Vec<u32>>,
+    keys: Vec<GroupKey>,
     live: Vec<bool>,
     free: Vec<u32>,
     /// Windowed: each group's window in ms, `[start, end)` of a tumbling or
@@ -772,8 +779,8 @@ impl Groups {
     fn new(converter: Arc<RowConverter>, aggs: &[AggSpec]) -> Self {
         Groups {
             converter,
-            index: HashMap::new(),
-            sessions: HashMap::new(),
+            index: FastMap::default(),
+            sessions: FastMap::default(),
             keys: Vec::new(),
             live: Vec::new(),
             free: Vec::new(),
@@ -788,7 +795,7 @@ impl Groups {
     }
 
     /// A new group: a free id or a new one.
-    fn alloc(&mut self, key: Box<[u8]>, bounds: (i64, i64)) -> Result<u32> {
+    fn alloc(&mut self, key: GroupKey, bounds: (i64, i64)) -> Result<u32> {
         if let Some(g) = self.free.pop() {
             let i = g as usize;
             self.keys[i] = key;
@@ -818,7 +825,7 @@ impl Groups {
     }
 
     /// Forgets group `g`; its id is reused by a later batch (`free`).
-    fn release(&mut self, g: u32, session: bool) -> Box<[u8]> {
+    fn release(&mut self, g: u32, session: bool) -> GroupKey {
         let i = g as usize;
         self.live[i] = false;
         let key = std::mem::take(&mut self.keys[i]);
@@ -1055,7 +1062,7 @@ impl Operator {
             let g = match self.state.index.get(row.as_ref()) {
                 Some(&g) => g,
                 None => {
-                    let key: Box<[u8]> = row.as_ref().into();
+                    let key: GroupKey = row.as_ref().into();
                     let (bounds, w) = match (&starts, window) {
                         (Some(s), Some(w)) => {
                             let start = s.value(i);
@@ -1130,7 +1137,7 @@ impl Operator {
             self.state.watermark = wm.max(t);
             let (g, was) = match near.as_slice() {
                 [] => {
-                    let key: Box<[u8]> = row.as_ref().into();
+                    let key: GroupKey = row.as_ref().into();
                     let g = self.state.alloc(key.clone(), bounds)?;
                     self.state.sessions.entry(key).or_default().push(g);
                     (g, None)
@@ -1366,7 +1373,7 @@ impl Operator {
         let session = window.as_ref().is_some_and(|w| w.session());
         let st = &mut self.state;
         for (i, &b) in bounds.iter().enumerate() {
-            let key: Box<[u8]> = rows.row(i).as_ref().into();
+            let key: GroupKey = rows.row(i).as_ref().into();
             let g = st.alloc(key.clone(), b)?;
             if session {
                 st.sessions.entry(key).or_default().push(g);

@@ -18,12 +18,15 @@
 //! checkpoint (see [`crate::checkpoint`]) holding its input offsets, its
 //! state and the output produced since the last one, and only then appends
 //! that output, from an idempotent producer. A table's output is its
-//! changelog compacted per commit: each changed key's latest row. A
-//! restart (after a clean stop or a crash) resumes from the checkpoint, so
+//! changelog compacted per commit: each changed key's latest row (a row
+//! upserted unchanged is no change). On the query's task a commit only
+//! takes the changes and copies the aggregate's state (its keys are
+//! shared, not copied); the checkpoint's copy of the table is brought up
+//! to date with the changes in the background. A restart (after a clean stop or a crash) resumes from the checkpoint, so
 //! nothing is lost or counted twice. Pull queries read the table as it is
 //! maintained, ahead of its last checkpoint.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -348,13 +351,15 @@ pub struct MaterializedTable {
     keys: RowConverter,
     all: RowConverter,
     /// Key row -> whole row.
-    rows: Mutex<HashMap<RowKey, TableRow>>,
+    rows: Mutex<Rows>,
 }
 
 /// A key of a [`MaterializedTable`], in the row format.
-pub(crate) type RowKey = Box<[u8]>;
+pub(crate) type RowKey = Arc<[u8]>;
 /// A whole row of a [`MaterializedTable`], in the row format.
 pub(crate) type TableRow = Arc<[u8]>;
+/// A table's rows by key (hashbrown with foldhash, seeded per process).
+type Rows = datafusion::common::HashMap<RowKey, TableRow>;
 
 impl fmt::Debug for MaterializedTable {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -370,12 +375,14 @@ impl MaterializedTable {
             all: RowConverter::new((0..schema.fields().len()).map(field).collect())?,
             schema,
             key_columns,
-            rows: Mutex::new(HashMap::new()),
+            rows: Mutex::new(Rows::default()),
         })
     }
 
-    /// Upserts the rows of one batch of changes; the keys it changed.
-    fn apply(&self, b: &RecordBatch) -> Result<Vec<RowKey>> {
+    /// Upserts the rows of one batch of changes; the rows that changed,
+    /// with their keys (a row equal to the one the table has is no
+    /// change).
+    fn apply(&self, b: &RecordBatch) -> Result<Vec<(RowKey, TableRow)>> {
         let key_cols: Vec<ArrayRef> = self
             .key_columns
             .iter()
@@ -386,9 +393,19 @@ impl MaterializedTable {
         let mut changed = Vec::with_capacity(b.num_rows());
         let mut rows = self.rows.lock();
         for i in 0..b.num_rows() {
-            let key: RowKey = keys.row(i).as_ref().into();
-            rows.insert(key.clone(), all.row(i).as_ref().into());
-            changed.push(key);
+            let (key, row) = (keys.row(i), all.row(i));
+            match rows.get_key_value_mut(key.as_ref()) {
+                Some((_, old)) if old.as_ref() == row.as_ref() => {}
+                Some((k, old)) => {
+                    *old = row.as_ref().into();
+                    changed.push((k.clone(), old.clone()));
+                }
+                None => {
+                    let (k, r): (RowKey, TableRow) = (key.as_ref().into(), row.as_ref().into());
+                    rows.insert(k.clone(), r.clone());
+                    changed.push((k, r));
+                }
+            }
         }
         Ok(changed)
     }
@@ -403,16 +420,15 @@ impl MaterializedTable {
         self.rows.lock().values().cloned().collect()
     }
 
-    /// The rows of `keys` (those it has).
-    fn rows_for<'a>(&self, keys: impl Iterator<Item = &'a RowKey>) -> Result<RecordBatch> {
-        let rows = self.rows_of(keys);
-        self.batch_of(&rows)
+    /// Every row as it is now, by key.
+    fn entries(&self) -> Rows {
+        self.rows.lock().clone()
     }
 
-    /// The rows of `keys` as they are now (those it has).
-    fn rows_of<'a>(&self, keys: impl Iterator<Item = &'a RowKey>) -> Vec<TableRow> {
-        let rows = self.rows.lock();
-        keys.filter_map(|k| rows.get(k).cloned()).collect()
+    /// The row of `key`, if the table has it.
+    fn row_for(&self, key: &[u8]) -> Result<RecordBatch> {
+        let row = self.rows.lock().get(key).cloned();
+        self.batch_of(row.as_slice())
     }
 
     /// `rows` as a batch in the table's schema.
@@ -465,7 +481,7 @@ impl MaterializedTable {
 
     /// The key a pull query's filters pin (`k = <literal>` on a table with
     /// one key column).
-    fn lookup_key(&self, filters: &[Expr]) -> Option<RowKey> {
+    fn lookup_key(&self, filters: &[Expr]) -> Option<Box<[u8]>> {
         use datafusion::logical_expr::{BinaryExpr, Operator};
         let [key] = self.key_columns.as_slice() else {
             return None;
@@ -532,7 +548,7 @@ impl TableProvider for MaterializedTable {
         _limit: Option<usize>,
     ) -> Result<Arc<dyn ExecutionPlan>> {
         let batch = match self.lookup_key(filters) {
-            Some(key) => self.rows_for(std::iter::once(&key))?,
+            Some(key) => self.row_for(&key)?,
             None => self.snapshot()?,
         };
         Ok(MemorySourceConfig::try_new_exec(
@@ -810,8 +826,10 @@ impl Engine {
             sink,
             project,
             rows: Vec::new(),
-            changed: HashSet::new(),
-            deleted: HashMap::new(),
+            changes: Default::default(),
+            checkpointed: Arc::new(Mutex::new(
+                table.as_ref().map(|t| t.entries()).unwrap_or_default(),
+            )),
             committed: saved.as_ref().map(Checkpoint::resume).unwrap_or_default(),
         };
         let id = def.id.clone();
@@ -923,11 +941,11 @@ struct Runner {
     project: Project,
     /// A stream's output rows since the last commit.
     rows: Vec<RecordBatch>,
-    /// A table's keys changed since the last commit.
-    changed: HashSet<RowKey>,
-    /// A table's keys deleted since the last commit, with their record-key
-    /// text (for the changelog's tombstones).
-    deleted: HashMap<RowKey, String>,
+    /// A table's rows changed or deleted since the last commit.
+    changes: datafusion::common::HashMap<RowKey, Change>,
+    /// A table's rows as of the last commit, which each commit brings up
+    /// to date with its changes off the query's task, to write them all.
+    checkpointed: Arc<Mutex<Rows>>,
     /// The input offsets of the last commit.
     committed: BTreeMap<(String, i32), i64>,
 }
@@ -944,8 +962,7 @@ impl Runner {
         let mut inflight: Option<(Instant, InFlight)> = None;
         loop {
             let work = !self.rows.is_empty()
-                || !self.changed.is_empty()
-                || !self.deleted.is_empty()
+                || !self.changes.is_empty()
                 || self.state.progress() != self.committed;
             tokio::select! {
                 biased;
@@ -984,11 +1001,8 @@ impl Runner {
         match self.table.clone() {
             Some(t) => {
                 self.take_retractions()?;
-                for k in t.apply(b)? {
-                    if !self.deleted.is_empty() {
-                        self.deleted.remove(&k);
-                    }
-                    self.changed.insert(k);
+                for (k, row) in t.apply(b)? {
+                    self.changes.insert(k, Change::Row(row));
                 }
             }
             None => self.rows.push((self.project)(b, None)?),
@@ -1003,8 +1017,7 @@ impl Runner {
         };
         for keys in self.state.take_retractions() {
             for (k, text) in t.delete(&keys)? {
-                self.changed.remove(&k);
-                self.deleted.insert(k, text);
+                self.changes.insert(k, Change::Deleted(text));
             }
         }
         Ok(())
@@ -1026,13 +1039,12 @@ impl Runner {
     fn start_commit(&mut self) -> Result<InFlight, SqlError> {
         self.take_retractions()?;
         let mut rows = std::mem::take(&mut self.rows);
-        // A table's changed rows and all its rows, as they are now; turned
-        // into batches in the background.
+        // A table's changes, which bring its checkpointed rows up to date
+        // in the background.
         let table = self.table.as_ref().map(|t| {
-            let changed = std::mem::take(&mut self.changed);
-            (t.clone(), t.rows_of(changed.iter()), t.snapshot_rows())
+            let changes = std::mem::take(&mut self.changes);
+            (t.clone(), changes, self.checkpointed.clone())
         });
-        let deleted: Vec<String> = std::mem::take(&mut self.deleted).into_values().collect();
         let progress = self.state.progress();
         let aggregate = self.state.aggregate().map(|a| a.copy_state()).transpose()?;
         let header = self.header.clone();
@@ -1047,12 +1059,28 @@ impl Runner {
             let aggregate = aggregate
                 .map(crate::continuous::StateCopy::into_batch)
                 .transpose()?;
+            let mut deleted = Vec::new();
             let table = match table {
-                Some((t, changed, all)) => {
+                Some((t, changes, checkpointed)) => {
+                    let mut all = checkpointed.lock();
+                    let mut changed = Vec::new();
+                    for (k, change) in changes {
+                        match change {
+                            Change::Row(row) => {
+                                changed.push(row.clone());
+                                all.insert(k, row);
+                            }
+                            Change::Deleted(text) => {
+                                all.remove(&k);
+                                deleted.push(text);
+                            }
+                        }
+                    }
                     let b = t.batch_of(&changed)?;
                     if b.num_rows() > 0 {
                         rows.push(project(&b, Some(t.key_text(&b)?))?);
                     }
+                    let all: Vec<TableRow> = all.values().cloned().collect();
                     Some(t.batch_of(&all)?)
                 }
                 None => None,
@@ -1105,6 +1133,13 @@ impl Runner {
         self.committed = progress;
         Ok(())
     }
+}
+
+/// How a table's row changed since the last commit.
+enum Change {
+    Row(TableRow),
+    /// Deleted; its record-key text, for the changelog's tombstone.
+    Deleted(String),
 }
 
 /// A commit under way (see [`Runner::start_commit`]).
