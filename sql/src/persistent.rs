@@ -614,6 +614,80 @@ fn key_columns(plan: &LogicalPlan, out: &Schema) -> Result<Vec<usize>, SqlError>
     Ok(keys)
 }
 
+/// The column a table's query selects in place of its HAVING clause.
+const KEEP: &str = "__sediment_having";
+
+/// A table's query with its top-level HAVING clause turned into a column
+/// ([`KEEP`]): a group the clause stops admitting is then deleted from the
+/// table (a tombstone in its changelog), as the batch query would leave it
+/// out, rather than kept as it last was. None without a HAVING clause.
+fn having_as_column(sql: &str) -> Result<Option<String>, SqlError> {
+    use crate::lex::{is_word, text, tokens};
+    use datafusion::sql::sqlparser::tokenizer::Token;
+    let all = tokens(sql)?;
+    let mut depth = 0i32;
+    let (mut from, mut having, mut end) = (None, None, all.len());
+    for (i, t) in all.iter().enumerate() {
+        match t {
+            Token::LParen => depth += 1,
+            Token::RParen => depth -= 1,
+            _ if depth != 0 => {}
+            _ if from.is_none() && is_word(t, "FROM") => from = Some(i),
+            _ if having.is_none() && is_word(t, "HAVING") => having = Some(i),
+            Token::SemiColon => {
+                end = i;
+                break;
+            }
+            _ if having.is_some() && ["EMIT", "LIMIT", "ORDER"].iter().any(|k| is_word(t, k)) => {
+                end = i;
+                break;
+            }
+            _ => {}
+        }
+    }
+    let (Some(from), Some(having)) = (from, having) else {
+        return Ok(None);
+    };
+    let condition = text(&all[having + 1..end]);
+    if condition.trim().is_empty() || having < from {
+        return Err(SqlError::syntax("HAVING needs a condition, after GROUP BY"));
+    }
+    Ok(Some(format!(
+        "{}, ({}) AS {KEEP} {}{}",
+        text(&all[..from]).trim_end(),
+        condition.trim(),
+        text(&all[from..having]),
+        text(&all[end..]),
+    )))
+}
+
+/// The rows of `b` its HAVING column `keep` admits, and (if any) those it
+/// refuses (false or NULL), both without that column.
+fn split_admitted(b: &RecordBatch, keep: usize) -> Result<(RecordBatch, Option<RecordBatch>)> {
+    use datafusion::arrow::compute::{filter_record_batch, not, prep_null_mask_filter};
+    let condition = b
+        .column(keep)
+        .as_any()
+        .downcast_ref::<datafusion::arrow::array::BooleanArray>()
+        .ok_or_else(|| {
+            datafusion::common::DataFusionError::Plan("HAVING is not a condition".into())
+        })?;
+    let admitted = if datafusion::arrow::array::Array::null_count(condition) > 0 {
+        prep_null_mask_filter(condition)
+    } else {
+        condition.clone()
+    };
+    let others: Vec<usize> = (0..b.num_columns()).filter(|&c| c != keep).collect();
+    let rows = b.project(&others)?;
+    let refused = not(&admitted)?;
+    Ok((
+        filter_record_batch(&rows, &admitted)?,
+        (refused.true_count() > 0)
+            .then(|| filter_record_batch(&rows, &refused))
+            .transpose()?,
+    ))
+}
+
 /// With a window clause (`windowed`), selects `windowstart, windowend`
 /// when the query does not.
 fn with_window_columns(sql: &str, windowed: bool) -> String {
@@ -687,7 +761,11 @@ impl Engine {
         new: bool,
     ) -> Result<(), SqlError> {
         let query = PushQuery {
-            sql: def.sql.clone(),
+            sql: match def.kind {
+                Kind::Table => having_as_column(&def.sql)?,
+                Kind::Stream => None,
+            }
+            .unwrap_or_else(|| def.sql.clone()),
             changes: true,
             emit_final,
             copy: None,
@@ -722,7 +800,21 @@ impl Engine {
         let push = self
             .push_as(&query, &props, Some(&def.id), state.clone())
             .await?;
-        let schema = push.schema.clone();
+        // A table's rows without the HAVING column, if there is one.
+        let keep = push.schema.index_of(KEEP).ok();
+        let schema = match keep {
+            Some(i) => {
+                let others: Vec<usize> = (0..push.schema.fields().len())
+                    .filter(|&c| c != i)
+                    .collect();
+                Arc::new(
+                    push.schema
+                        .project(&others)
+                        .map_err(datafusion::common::DataFusionError::from)?,
+                )
+            }
+            None => push.schema.clone(),
+        };
         // The output topic.
         if self.log.topic(&def.topic).is_none() {
             let log = self.log.clone();
@@ -823,6 +915,7 @@ impl Engine {
             log: self.log.clone(),
             state,
             table: table.clone(),
+            keep,
             sink,
             project,
             rows: Vec::new(),
@@ -937,6 +1030,9 @@ struct Runner {
     log: Arc<sediment_log::LogManager>,
     state: Arc<QueryState>,
     table: Option<Arc<MaterializedTable>>,
+    /// A table's HAVING column in the query's rows (see
+    /// [`having_as_column`]).
+    keep: Option<usize>,
     sink: Arc<crate::insert::StreamSink>,
     project: Project,
     /// A stream's output rows since the last commit.
@@ -1001,8 +1097,20 @@ impl Runner {
         match self.table.clone() {
             Some(t) => {
                 self.take_retractions()?;
-                for (k, row) in t.apply(b)? {
+                let (admitted, refused) = match self.keep {
+                    Some(i) => split_admitted(b, i)?,
+                    None => (b.clone(), None),
+                };
+                for (k, row) in t.apply(&admitted)? {
                     self.changes.insert(k, Change::Row(row));
+                }
+                if let Some(refused) = refused {
+                    let keys = refused
+                        .project(&t.key_columns)
+                        .map_err(datafusion::common::DataFusionError::from)?;
+                    for (k, text) in t.delete(&keys)? {
+                        self.changes.insert(k, Change::Deleted(text));
+                    }
                 }
             }
             None => self.rows.push((self.project)(b, None)?),
@@ -1345,4 +1453,30 @@ fn sink_layout(schema: &SchemaRef) -> (SchemaRef, Project) {
         Ok(RecordBatch::try_new(out2.clone(), cols)?)
     };
     (out, Arc::new(f))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn having_becomes_a_column_of_a_tables_query() {
+        assert_eq!(
+            having_as_column(
+                "SELECT k, count(*) AS n FROM s WINDOW TUMBLING (SIZE 1 MINUTE) GROUP BY k \
+                 HAVING count(*) > 1 AND (min(x) < 3) EMIT CHANGES;"
+            )
+            .unwrap()
+            .unwrap(),
+            "SELECT k, count(*) AS n, (count(*) > 1 AND (min(x) < 3)) AS __sediment_having \
+             FROM s WINDOW TUMBLING (SIZE 1 MINUTE) GROUP BY k EMIT CHANGES;"
+        );
+        // Only the top level's: a subquery's HAVING stays where it is.
+        let nested = "SELECT k, count(*) FROM (SELECT k FROM s GROUP BY k HAVING count(*) > 1) GROUP BY k";
+        assert_eq!(having_as_column(nested).unwrap(), None);
+        assert_eq!(having_as_column("SELECT 1").unwrap(), None);
+        let e = having_as_column("SELECT k FROM s GROUP BY k HAVING").unwrap_err();
+        assert_eq!(e.code, "42601");
+    }
 }
