@@ -1059,7 +1059,7 @@ impl Runner {
         loop {
             let work = !self.rows.is_empty()
                 || !self.changes.is_empty()
-                || self.state.progress() != self.committed;
+                || self.state.moved_from(&self.committed);
             tokio::select! {
                 biased;
                 () = stop.cancelled() => {
@@ -1473,7 +1473,8 @@ mod tests {
              FROM s WINDOW TUMBLING (SIZE 1 MINUTE) GROUP BY k EMIT CHANGES;"
         );
         // Only the top level's: a subquery's HAVING stays where it is.
-        let nested = "SELECT k, count(*) FROM (SELECT k FROM s GROUP BY k HAVING count(*) > 1) GROUP BY k";
+        let nested =
+            "SELECT k, count(*) FROM (SELECT k FROM s GROUP BY k HAVING count(*) > 1) GROUP BY k";
         assert_eq!(having_as_column(nested).unwrap(), None);
         assert_eq!(having_as_column("SELECT 1").unwrap(), None);
         let e = having_as_column("SELECT k FROM s GROUP BY k HAVING").unwrap_err();

@@ -124,6 +124,11 @@ impl QueryState {
         self.progress.lock().clone()
     }
 
+    /// Whether the query moved on from `progress` (compared in place).
+    pub fn moved_from(&self, progress: &BTreeMap<InputPartition, i64>) -> bool {
+        *self.progress.lock() != *progress
+    }
+
     fn advance(&self, positions: &[(InputPartition, i64)]) {
         let mut progress = self.progress.lock();
         for (p, next) in positions {
@@ -738,5 +743,7 @@ mod tests {
             s.progress(),
             BTreeMap::from([(("t".into(), 0), 5), (("t".into(), 1), 7)])
         );
+        assert!(!s.moved_from(&s.progress()));
+        assert!(s.moved_from(&BTreeMap::from([(("t".into(), 0), 5)])));
     }
 }
