@@ -493,6 +493,50 @@ impl ExtendedQueryHandler for Service {
         self.parser.clone()
     }
 
+    /// A cursor DECLAREd in SQL is a portal of its name too, as in
+    /// Postgres: drivers' server-side cursors (psycopg's named cursors)
+    /// describe it so before they FETCH from it.
+    async fn on_describe<C>(
+        &self,
+        client: &mut C,
+        message: pgwire::messages::extendedquery::Describe,
+    ) -> PgWireResult<()>
+    where
+        C: ClientInfo
+            + ClientPortalStore
+            + futures::Sink<PgWireBackendMessage>
+            + Unpin
+            + Send
+            + Sync,
+        C::PortalStore: PortalStore<Statement = Self::Statement>,
+        C::Error: Debug,
+        PgWireError: From<<C as futures::Sink<PgWireBackendMessage>>::Error>,
+    {
+        let cursor = match message.name.as_deref() {
+            Some(name)
+                if message.target_type
+                    == pgwire::messages::extendedquery::TARGET_TYPE_BYTE_PORTAL
+                    && client.portal_store().get_portal(name).is_none() =>
+            {
+                self.cursors.schema(client.socket_addr(), name).ok()
+            }
+            _ => None,
+        };
+        let Some(schema) = cursor else {
+            return self._on_describe(client, message).await;
+        };
+        let fields = datafusion_postgres::arrow_pg::datatypes::arrow_schema_to_pg_fields(
+            &schema,
+            &Format::UnifiedText,
+            None,
+        )?;
+        pgwire::api::query::send_describe_response(
+            client,
+            &pgwire::api::results::DescribePortalResponse::new(fields),
+        )
+        .await
+    }
+
     async fn do_query<C>(
         &self,
         client: &mut C,

@@ -432,3 +432,36 @@ def test_cursors_fetch_a_push_query_page_by_page(broker):
     # The connection's cursors end with it: no push query is left running.
     wait_for(lambda: not [q for q in running_queries(broker) if q[1] == "PUSH"], timeout=10,
              what="the cursors' queries to end with their connections")
+
+
+def test_psycopg_named_cursors_page_through_a_push_query(broker):
+    """psycopg's server-side cursors (`conn.cursor(name=...)`): DECLARE,
+    a Describe of the portal by the cursor's name, FETCH FORWARD n, CLOSE,
+    over a push query (in a transaction, psycopg's default) and over an
+    ordinary query (WITH HOLD, autocommit)."""
+    topic, name = make_stream(broker)
+    p = producer(broker.bootstrap, **{"linger.ms": 0})
+    for i in range(3):
+        produce_one(p, topic, i)
+    with psycopg.connect(broker.pg_dsn, connect_timeout=10) as conn:
+        conn.execute("SET 'auto.offset.reset' = 'earliest'")
+        with conn.cursor(name="live") as cur:
+            cur.execute(f"SELECT qty, user_id FROM {name} EMIT CHANGES")
+            assert [d.name for d in cur.description] == ["qty", "user_id"]
+            got: list[tuple] = []
+            deadline = time.monotonic() + LOCKSTEP_TIMEOUT
+            while len(got) < 3 and time.monotonic() < deadline:
+                got += cur.fetchmany(10)
+            assert sorted(got) == [(0, "u0"), (1, "u1"), (2, "u2")]
+            # A record produced while the fetch waits is its row.
+            threading.Timer(0.5, produce_one, (p, topic, 4)).start()
+            assert cur.fetchone() == (4, "u1")
+        conn.commit()
+    # The cursor's push query ended with its CLOSE.
+    wait_for(lambda: not [q for q in running_queries(broker) if q[1] == "PUSH"], timeout=10,
+             what="the named cursor's push query to end")
+    with psycopg.connect(broker.pg_dsn, autocommit=True, connect_timeout=10) as conn:
+        with conn.cursor(name="paged", withhold=True) as cur:
+            cur.itersize = 2
+            cur.execute(f"SELECT qty FROM {name} ORDER BY qty")
+            assert [r[0] for r in cur] == [0, 1, 2, 4]
