@@ -1173,13 +1173,7 @@ async fn having_deletes_the_groups_it_stops_admitting() {
     /// goes (a tombstone) or comes back (a record).
     async fn flip(f: &Fixture, x: i64, was: bool) {
         let v = format!(r#"{{"k":"k1","x":{x},"y":1.0,"name":"z"}}"#);
-        let part = f.log.partition("events", 0).unwrap();
-        part.append(
-            &batch::encode_simple(&[(Some("k1".as_bytes()), Some(v.as_bytes()), f.t0)]),
-            sediment_log::now_ms(),
-        )
-        .unwrap();
-        part.flush().unwrap();
+        produce(f, "events", 0, &[v], f.t0);
         converge(f, TABLE, &batch_sql()).await;
         assert_eq!(admitted(f).await, !was);
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
