@@ -237,11 +237,16 @@ def summ(xs: list[float]) -> dict:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     continuous.common_args(ap, "bench-persistent.json", "fsync")
-    ap.add_argument("--segment-bytes", type=int, default=4 << 20)
+    ap.add_argument("--segment-bytes", type=int, default=0,
+                    help="segment.bytes of the loaded topic (default: 4 MiB, smaller for small --records so "
+                         "that each partition seals a few segments)")
     ap.add_argument("--rate", type=int, default=0, help="freshness load, records/s (default: half the load rate)")
     ap.add_argument("--duration", type=float, default=20.0, help="seconds of probes")
     ap.add_argument("--probe-ms", type=int, default=100)
     a = ap.parse_args()
+    # About 28 bytes of log per record: at least four sealed segments per
+    # partition, so that part of the history is archived.
+    a.segment_bytes = a.segment_bytes or max(64 << 10, min(4 << 20, a.records // a.partitions * 28 // 4))
     b, dsn, res = continuous.start(a, "persistent", 200, 500)
     try:
         backfill(a, b, dsn, res)
