@@ -965,6 +965,41 @@ async fn continuous_aggregates_equal_the_batch_result() {
     }
 }
 
+/// Tables over random out-of-order records in 3 partitions (half of them
+/// archived), with every maintained aggregate, with no window, tumbling
+/// and hopping windows: each equals the batch query over the same records.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tables_of_every_window_equal_the_batch_result() {
+    let f = fixture();
+    random_events(&f, 400, 23).await;
+    for (table, keys, window) in [
+        ("plain", "k", ""),
+        (
+            "tumbling",
+            "k, windowstart, windowend",
+            "WINDOW TUMBLING (SIZE 1 MINUTE, GRACE PERIOD 1 HOUR)",
+        ),
+        (
+            "hopping",
+            "k, windowstart, windowend",
+            "WINDOW HOPPING (SIZE 2 MINUTES, ADVANCE BY 30 SECONDS, GRACE PERIOD 1 HOUR)",
+        ),
+    ] {
+        let query = format!("SELECT {keys}, {AGGREGATES} FROM events {window} GROUP BY k");
+        f.engine
+            .execute(&format!("CREATE TABLE {table} AS {query} EMIT CHANGES"))
+            .await
+            .unwrap_or_else(|e| panic!("{table}: {e:?}"));
+        let columns = "n, nx, sx, lo, hi, ay, sy, first_name, last_ts";
+        converge(
+            &f,
+            &format!("SELECT {keys}, {columns} FROM {table} ORDER BY {keys}"),
+            &format!("{query} ORDER BY {keys}"),
+        )
+        .await;
+    }
+}
+
 /// Creates the one-partition stream `clicks (k VARCHAR)` and starts push
 /// query `sql` over it (from the latest offset).
 async fn clicks_push(f: &Fixture, sql: &str) -> crate::push::PushStream {
