@@ -22,8 +22,9 @@
 //! upserted unchanged is no change). On the query's task a commit only
 //! takes the changes and copies the aggregate's state (its keys are
 //! shared, not copied); the checkpoint's copy of the table is brought up
-//! to date with the changes in the background. A restart (after a clean stop or a crash) resumes from the checkpoint, so
-//! nothing is lost or counted twice. Pull queries read the table as it is
+//! to date with the changes in the background. A restart (after a clean
+//! stop or a crash) resumes from the checkpoint, so nothing is lost or
+//! counted twice. Pull queries read the table as it is
 //! maintained, ahead of its last checkpoint.
 
 use std::collections::BTreeMap;
@@ -677,8 +678,7 @@ fn split_admitted(b: &RecordBatch, keep: usize) -> Result<(RecordBatch, Option<R
     } else {
         condition.clone()
     };
-    let others: Vec<usize> = (0..b.num_columns()).filter(|&c| c != keep).collect();
-    let rows = b.project(&others)?;
+    let rows = b.project(&all_but(b.num_columns(), keep))?;
     let refused = not(&admitted)?;
     Ok((
         filter_record_batch(&rows, &admitted)?,
@@ -686,6 +686,12 @@ fn split_admitted(b: &RecordBatch, keep: usize) -> Result<(RecordBatch, Option<R
             .then(|| filter_record_batch(&rows, &refused))
             .transpose()?,
     ))
+}
+
+/// Column indices `0..n` but `skip`: a table's rows without the HAVING
+/// column.
+fn all_but(n: usize, skip: usize) -> Vec<usize> {
+    (0..n).filter(|&c| c != skip).collect()
 }
 
 /// With a window clause (`windowed`), selects `windowstart, windowend`
@@ -803,16 +809,11 @@ impl Engine {
         // A table's rows without the HAVING column, if there is one.
         let keep = push.schema.index_of(KEEP).ok();
         let schema = match keep {
-            Some(i) => {
-                let others: Vec<usize> = (0..push.schema.fields().len())
-                    .filter(|&c| c != i)
-                    .collect();
-                Arc::new(
-                    push.schema
-                        .project(&others)
-                        .map_err(datafusion::common::DataFusionError::from)?,
-                )
-            }
+            Some(i) => Arc::new(
+                push.schema
+                    .project(&all_but(push.schema.fields().len(), i))
+                    .map_err(datafusion::common::DataFusionError::from)?,
+            ),
             None => push.schema.clone(),
         };
         // The output topic.
