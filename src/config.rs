@@ -40,6 +40,10 @@ pub struct ServeArgs {
     /// Flush interval for `--flush-policy interval` [default: 1000].
     #[arg(long, env = "SEDIMENT_FLUSH_INTERVAL_MS")]
     pub flush_interval_ms: Option<u64>,
+    /// Threads running fdatasync: the partitions of one produce request
+    /// are synced in parallel up to this many [default: 4].
+    #[arg(long, env = "SEDIMENT_FLUSH_THREADS")]
+    pub flush_threads: Option<usize>,
     /// Create topics on first produce or metadata request (auto.create.topics.enable).
     #[arg(long, env = "SEDIMENT_AUTO_CREATE_TOPICS", num_args = 0..=1, default_missing_value = "true")]
     pub auto_create_topics: Option<bool>,
@@ -90,6 +94,7 @@ struct FileConfig {
     object_store: Option<String>,
     flush_policy: Option<String>,
     flush_interval_ms: Option<u64>,
+    flush_threads: Option<usize>,
     auto_create_topics: Option<bool>,
     default_partitions: Option<i32>,
     retention_check_interval_ms: Option<u64>,
@@ -112,6 +117,7 @@ pub struct Settings {
     pub metrics_addr: Option<SocketAddr>,
     pub object_store: String,
     pub flush: sediment_log::FlushPolicy,
+    pub flush_threads: usize,
     pub auto_create_topics: bool,
     pub default_partitions: i32,
     pub retention_check_interval_ms: u64,
@@ -206,6 +212,10 @@ impl Settings {
             )),
             other => bail!("flush policy '{other}' is not 'fsync' or 'interval'"),
         };
+        let flush_threads = args.flush_threads.or(file.flush_threads).unwrap_or(4);
+        if !(1..=64).contains(&flush_threads) {
+            bail!("flush threads must be between 1 and 64");
+        }
         let mut topic_defaults: BTreeMap<String, String> = file
             .topic_defaults
             .into_iter()
@@ -238,6 +248,7 @@ impl Settings {
             metrics_addr,
             object_store,
             flush,
+            flush_threads,
             auto_create_topics: args
                 .auto_create_topics
                 .or(file.auto_create_topics)

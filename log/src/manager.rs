@@ -42,7 +42,8 @@ pub struct LogConfig {
     pub data_dir: PathBuf,
     pub flush_policy: FlushPolicy,
     pub topic_defaults: TopicConfig,
-    /// Threads running fdatasync in parallel for different partitions.
+    /// Threads running fdatasync in parallel: for different partitions, and
+    /// overlapping flushes of one partition (see `Partition::flush`).
     pub flush_threads: usize,
     /// Memory for sealed segments' index entries (loaded on use, oldest
     /// dropped first), so memory does not grow with the data kept.
@@ -59,7 +60,7 @@ impl LogConfig {
             data_dir: data_dir.into(),
             flush_policy: FlushPolicy::Fsync,
             topic_defaults: TopicConfig::default(),
-            flush_threads: 2,
+            flush_threads: 4,
             index_cache_bytes: 64 << 20,
             node_id: 0,
             tiering: false,
@@ -564,7 +565,7 @@ fn flusher_loop(queue: Arc<FlushQueue>, policy: FlushPolicy) {
             }
         };
         for p in batch {
-            if let Err(e) = p.flush() {
+            if let Err(e) = p.flush_once() {
                 if p.is_failed() {
                     // Logged once where the fsync failed; nothing to retry.
                     continue;

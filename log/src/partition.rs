@@ -74,8 +74,56 @@ struct Inner {
     high_watermark: i64,
     producers: ProducerState,
     pending_seals: VecDeque<PendingSeal>,
-    /// Unsynced bytes were written since the last flush.
+    /// Unsynced bytes were written since the last flush started.
     dirty: bool,
+    /// Flushes started and not yet published, oldest first.
+    flushes: FlushesInFlight,
+}
+
+/// Flushes of one partition may overlap: a flush that starts while another
+/// is still in `fdatasync` does not wait for it, so an append that lands
+/// during a sync waits for one sync, not for the rest of that one plus a
+/// whole second one. Results are published in start order: flush *n*'s
+/// target becomes durable only when every flush started before it has
+/// finished too (an earlier flush may be syncing a sealed segment that a
+/// later one does not touch, and an earlier failure must stop the high
+/// watermark for good).
+#[derive(Debug)]
+pub(crate) struct FlushesInFlight {
+    /// Ticket of the oldest entry of `pending`.
+    first_ticket: u64,
+    /// (target offset, finished) per started flush, in start order.
+    pub(crate) pending: VecDeque<(i64, bool)>,
+    /// Every offset below it is fsynced.
+    pub(crate) durable_offset: i64,
+}
+
+impl FlushesInFlight {
+    pub(crate) fn new(durable_offset: i64) -> Self {
+        Self {
+            first_ticket: 0,
+            pending: VecDeque::new(),
+            durable_offset,
+        }
+    }
+
+    pub(crate) fn start(&mut self, target: i64) -> u64 {
+        self.pending.push_back((target, false));
+        self.first_ticket + self.pending.len() as u64 - 1
+    }
+
+    /// Marks a flush finished; returns the new durable offset if it moved.
+    pub(crate) fn finish(&mut self, ticket: u64) -> Option<i64> {
+        let i = usize::try_from(ticket.checked_sub(self.first_ticket)?).ok()?;
+        self.pending.get_mut(i)?.1 = true;
+        let before = self.durable_offset;
+        while let Some(&(target, true)) = self.pending.front() {
+            self.durable_offset = self.durable_offset.max(target);
+            self.pending.pop_front();
+            self.first_ticket += 1;
+        }
+        (self.durable_offset > before).then_some(self.durable_offset)
+    }
 }
 
 /// Counters exported as metrics.
@@ -102,8 +150,8 @@ pub struct Partition {
     flush_queued: AtomicBool,
     /// An fsync failed: no more writes are accepted (see `flush`).
     failed: AtomicBool,
-    /// Serializes flushes of this partition (sync + HW advance).
-    flush_lock: Mutex<()>,
+    /// Signalled when a flush finishes (see [`Partition::flush`]).
+    flushed: parking_lot::Condvar,
     /// The broker archives sealed segments (see [`Partition::tiered`]).
     tiering: bool,
     /// What the archive holds, as last committed by the tierer; `None`
@@ -328,6 +376,7 @@ impl Partition {
                 producers,
                 pending_seals: VecDeque::new(),
                 dirty: false,
+                flushes: FlushesInFlight::new(log_end_offset),
             }),
             hw_tx,
             hw_changed: ctx.hw_changed.clone(),
@@ -338,7 +387,7 @@ impl Partition {
             flush_queue: ctx.flush_queue.clone(),
             flush_queued: AtomicBool::new(false),
             failed: AtomicBool::new(false),
-            flush_lock: Mutex::new(()),
+            flushed: parking_lot::Condvar::new(),
             tiering: ctx.tiering,
             archive: RwLock::new(None),
             stats,
@@ -665,31 +714,50 @@ impl Partition {
         Ok(())
     }
 
-    /// Makes everything appended so far durable and advances the high
-    /// watermark. Called by the flusher threads; blocking. Fails with
-    /// [`LogError::PartitionFailed`] once an fsync has failed.
+    /// Makes everything appended before the call durable and advances the
+    /// high watermark; returns once it is (waiting for flushes already
+    /// running). Blocking. Fails with [`LogError::PartitionFailed`] once an
+    /// fsync has failed.
     pub fn flush(&self) -> Result<(), LogError> {
-        self.flush_queued.store(false, Ordering::Release);
-        // A failed partition has data that will never be durable: say so,
-        // whether it failed before this call or in a flush that held the
-        // lock while this one waited.
-        self.check_not_failed()?;
-        let _guard = self.flush_lock.lock();
-        self.check_not_failed()?;
-        let (seals, active, target) = {
-            let mut inner = self.inner.lock();
-            if !inner.dirty {
+        let target = self.flush_once()?;
+        let mut inner = self.inner.lock();
+        loop {
+            self.check_not_failed()?;
+            if inner.flushes.durable_offset >= target {
                 return Ok(());
+            }
+            // Not durable yet, so a flush that covers `target` is running
+            // (the one this call started, or, when there was nothing new to
+            // sync, an earlier one): it signals when it finishes.
+            debug_assert!(!inner.flushes.pending.is_empty());
+            self.flushed.wait(&mut inner);
+        }
+    }
+
+    /// One flush as the flusher threads run it: syncs what was appended
+    /// since the last flush started and publishes it in start order, without
+    /// waiting for earlier flushes still running. Returns the log end offset
+    /// that is durable once every flush started so far has finished.
+    pub(crate) fn flush_once(&self) -> Result<i64, LogError> {
+        self.flush_queued.store(false, Ordering::Release);
+        // A failed partition has data that will never be durable: say so.
+        self.check_not_failed()?;
+        let (ticket, seals, active, target) = {
+            let mut inner = self.inner.lock();
+            let target = inner.log_end_offset;
+            if !inner.dirty {
+                return Ok(target);
             }
             inner.dirty = false;
             let seals: Vec<PendingSeal> = inner.pending_seals.drain(..).collect();
             let active = inner.segments.last().cloned();
-            (seals, active, inner.log_end_offset)
+            (inner.flushes.start(target), seals, active, target)
         };
         // fsync first. A failed fsync is not retried: the kernel may have
         // dropped the dirty pages, so a later "successful" fsync would prove
-        // nothing. The partition stops taking writes; what is below the high
-        // watermark stays durable and readable.
+        // nothing. The partition stops taking writes, and its ticket is never
+        // finished, so no later flush moves the high watermark either; what
+        // is below it stays durable and readable.
         let synced = (|| {
             for seg in seals.iter().map(|s| &s.segment).chain(active.iter()) {
                 let started = std::time::Instant::now();
@@ -700,20 +768,27 @@ impl Partition {
         })();
         if let Err(e) = synced {
             self.failed.store(true, Ordering::Release);
-            // Wake producers waiting for durability: it will not come.
+            // Wake producers and flush() callers waiting for durability: it
+            // will not come.
             self.hw_tx.send_modify(|_| {});
+            let _inner = self.inner.lock();
+            self.flushed.notify_all();
             tracing::error!(topic = %self.topic, partition = self.id, error = %e, "fsync failed: the partition refuses writes until the broker restarts and recovers it");
             return Err(e);
         }
         {
             let mut inner = self.inner.lock();
-            if target > inner.high_watermark {
-                inner.high_watermark = target;
-                self.publish_hw(target);
+            if let Some(durable) = inner.flushes.finish(ticket) {
+                if self.flush_policy == FlushPolicy::Fsync && durable > inner.high_watermark {
+                    inner.high_watermark = durable;
+                    self.publish_hw(durable);
+                }
             }
+            self.flushed.notify_all();
         }
         // Sealed segments' index files and producer snapshots: written
-        // atomically; on failure they are retried by the next flush.
+        // atomically once their own segment is synced; on failure they are
+        // retried by the next flush.
         let mut unfinished = Vec::new();
         let mut first_error = None;
         for seal in seals {
@@ -732,7 +807,7 @@ impl Partition {
             }
         }
         match first_error {
-            None => Ok(()),
+            None => Ok(target),
             Some(e) => {
                 let mut inner = self.inner.lock();
                 inner.dirty = true;

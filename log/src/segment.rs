@@ -290,6 +290,8 @@ impl Segment {
                 std::io::Error::other("injected fsync failure"),
             ));
         }
+        #[cfg(test)]
+        sync_gate::pass(&self.path);
         self.file
             .sync_data()
             .map_err(|e| LogError::io(&self.path, e))
@@ -410,6 +412,65 @@ impl Segment {
             error,
             batches,
         })
+    }
+}
+
+/// Test hook: holds the fsync of chosen segment files until released, so a
+/// test can run one flush while another is inside `fdatasync`.
+#[cfg(test)]
+pub(crate) mod sync_gate {
+    #![allow(clippy::unwrap_used)]
+    use std::path::Path;
+    use std::sync::{Condvar, Mutex};
+
+    /// Held gates: (topic, segment file name, syncs waiting at it).
+    type Gates = Vec<(String, String, usize)>;
+    static HELD: Mutex<Gates> = Mutex::new(Vec::new());
+    static CHANGED: Condvar = Condvar::new();
+
+    fn matches(gate: &(String, String, usize), topic: &str, file: &str) -> bool {
+        gate.0 == topic && gate.1 == file
+    }
+
+    /// Holds the sync of segment file `file` of topic `topic`.
+    pub fn hold(topic: &str, file: &str) {
+        HELD.lock()
+            .unwrap()
+            .push((topic.to_string(), file.to_string(), 0));
+    }
+
+    pub fn release(topic: &str, file: &str) {
+        HELD.lock().unwrap().retain(|g| !matches(g, topic, file));
+        CHANGED.notify_all();
+    }
+
+    /// Blocks until a sync is waiting at the gate.
+    pub fn wait_for_waiter(topic: &str, file: &str) {
+        let mut held = HELD.lock().unwrap();
+        while !held.iter().any(|g| matches(g, topic, file) && g.2 > 0) {
+            held = CHANGED.wait(held).unwrap();
+        }
+    }
+
+    pub(super) fn pass(path: &Path) {
+        let (Some(file), Some(dir)) = (path.file_name(), path.parent()) else {
+            return;
+        };
+        let file = file.to_string_lossy().into_owned();
+        let dir = dir.to_string_lossy().into_owned();
+        let mut held = HELD.lock().unwrap();
+        let Some(i) = held
+            .iter()
+            .position(|g| g.1 == file && dir.contains(&format!("/topics/{}/", g.0)))
+        else {
+            return;
+        };
+        held[i].2 += 1;
+        let (topic, file) = (held[i].0.clone(), held[i].1.clone());
+        CHANGED.notify_all();
+        while held.iter().any(|g| matches(g, &topic, &file)) {
+            held = CHANGED.wait(held).unwrap();
+        }
     }
 }
 

@@ -417,6 +417,85 @@ async fn wait_durable_returns_once_flusher_syncs() {
     assert_eq!(p.high_watermark(), 1);
 }
 
+/// Waits (bounded) until `log` has run `n` fdatasyncs in all.
+fn wait_for_syncs(log: &LogManager, n: u64) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while log.fsync_latency().snapshot().1 < n {
+        assert!(std::time::Instant::now() < deadline, "no fsync happened");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+#[test]
+fn a_flush_overlapping_a_slow_one_publishes_only_after_it() {
+    use crate::segment::{file_name, sync_gate, LOG_SUFFIX};
+    let dir = tempfile::tempdir().unwrap();
+    let log = open(dir.path());
+    let t = log
+        .create_topic("gated-overlap", 1, BTreeMap::new())
+        .unwrap();
+    let p = t.partitions[0].clone();
+    append_n(&p, 1, 5, 0);
+    p.flush().unwrap();
+    assert_eq!(p.high_watermark(), 5);
+
+    // Flush 1 takes the sealed first segment and is held inside its fsync.
+    let first = file_name(0, LOG_SUFFIX);
+    sync_gate::hold("gated-overlap", &first);
+    p.force_roll(0).unwrap();
+    sync_gate::wait_for_waiter("gated-overlap", &first);
+
+    // Flush 2 covers a later append in the new segment and finishes first,
+    // but must not publish past flush 1, which may still fail.
+    let syncs = log.fsync_latency().snapshot().1;
+    append_n(&p, 1, 5, 0);
+    wait_for_syncs(&log, syncs + 1);
+    assert_eq!(p.high_watermark(), 5);
+    let waiter = {
+        let p = p.clone();
+        std::thread::spawn(move || {
+            p.flush().unwrap();
+            p.high_watermark()
+        })
+    };
+    std::thread::sleep(Duration::from_millis(50));
+    assert!(
+        !waiter.is_finished(),
+        "flush() returned before the held sync"
+    );
+    assert_eq!(p.high_watermark(), 5);
+
+    sync_gate::release("gated-overlap", &first);
+    assert_eq!(waiter.join().unwrap(), 10);
+    assert_eq!(p.high_watermark(), 10);
+    assert_eq!(read_all(&p), vec![(0, 5), (5, 5)]);
+    // The sealed segment's index was written once its own sync finished.
+    log.shutdown().unwrap();
+    let log = open(dir.path());
+    assert_eq!(
+        read_all(&log.partition("gated-overlap", 0).unwrap()).len(),
+        2
+    );
+}
+
+#[test]
+fn flushes_publish_in_start_order() {
+    let mut f = super::partition::FlushesInFlight::new(3);
+    let a = f.start(5);
+    let b = f.start(8);
+    let c = f.start(9);
+    assert_eq!(f.finish(b), None);
+    assert_eq!(f.finish(c), None);
+    assert_eq!(f.finish(a), Some(9));
+    assert!(f.pending.is_empty());
+    // Unknown or repeated tickets change nothing.
+    assert_eq!(f.finish(a), None);
+    assert_eq!(f.finish(42), None);
+    let d = f.start(12);
+    assert_eq!(f.finish(d), Some(12));
+    assert_eq!(f.durable_offset, 12);
+}
+
 /// Frozen fixtures of every framed format at version 1: a build must keep
 /// reading what earlier builds wrote. Regenerate only when adding a version
 /// (`cargo test -p sediment-log -- --ignored write_v1_fixtures`), never to
