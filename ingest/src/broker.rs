@@ -395,9 +395,10 @@ impl Broker {
             }
         }
         let now = sediment_log::now_ms();
-        let results: Vec<AppendOutcome> = blocking(move || {
-            Ok(work
-                .into_iter()
+        // Appends only write to the page cache (fsync is the flusher
+        // threads' job): run them on this worker, see `page_cache_io`.
+        let results: Vec<AppendOutcome> = page_cache_io(move || {
+            work.into_iter()
                 .map(|(ti, idx, part, records)| {
                     let r = match (&part, &records) {
                         (None, _) => Err(LogError::UnknownTopic {
@@ -413,10 +414,8 @@ impl Broker {
                     };
                     (ti, idx, part, r)
                 })
-                .collect())
-        })
-        .await
-        .unwrap_or_default();
+                .collect()
+        });
         if req.acks == 0 {
             return Handled::NoResponse;
         }
@@ -506,13 +505,7 @@ impl Broker {
         loop {
             changes.borrow_and_update();
             let cold = Arc::new(self.cold_reads(&wanted, max_bytes).await);
-            let log = self.log.clone();
-            let w = wanted.clone();
-            let c = cold.clone();
-            let (resp, total, errors) =
-                blocking(move || Ok(read_fetch(&log, &w, &c, max_bytes, version)))
-                    .await
-                    .unwrap_or_else(|_| (FetchResponse::default(), 0, true));
+            let (resp, total, errors) = self.read_local(&wanted, &cold, max_bytes, version).await;
             let elapsed = start.elapsed();
             if total >= min_bytes.max(1) || errors || elapsed >= max_wait {
                 return resp;
@@ -520,14 +513,30 @@ impl Broker {
             let _ = tokio::time::timeout(max_wait - elapsed, changes.changed()).await;
             if start.elapsed() >= max_wait {
                 // One last read so that data arriving at the deadline is not missed.
-                let log = self.log.clone();
-                let w = wanted.clone();
-                let c = cold.clone();
-                return blocking(move || Ok(read_fetch(&log, &w, &c, max_bytes, version).0))
-                    .await
-                    .unwrap_or_default();
+                return self.read_local(&wanted, &cold, max_bytes, version).await.0;
             }
         }
+    }
+
+    /// One pass of a fetch over the local tier (and the archive reads done
+    /// before it): on this worker when every partition is read in its
+    /// active segment, else on a blocking thread.
+    async fn read_local(
+        &self,
+        wanted: &FetchWanted,
+        cold: &Arc<ColdReads>,
+        max_bytes: usize,
+        version: i16,
+    ) -> (FetchResponse, usize, bool) {
+        if reads_active_segments(&self.log, wanted) {
+            return page_cache_io(|| read_fetch(&self.log, wanted, cold, max_bytes, version));
+        }
+        let log = self.log.clone();
+        let w = wanted.clone();
+        let c = cold.clone();
+        blocking(move || Ok(read_fetch(&log, &w, &c, max_bytes, version)))
+            .await
+            .unwrap_or_else(|_| (FetchResponse::default(), 0, true))
     }
 
     /// Reads from the archive for every wanted partition whose offset has
@@ -1103,14 +1112,37 @@ fn read_fetch(
     (resp, total, errors)
 }
 
-/// Runs blocking storage work without stalling other connections.
+/// Runs storage work that only touches the page cache (appends, reads of
+/// bytes just written) right here on the async worker. Such a call takes
+/// microseconds, while handing it to another thread (`block_in_place`,
+/// `spawn_blocking`) costs thread wake-ups and context switches on every
+/// request: measured at 10,000 records/s over 4 partitions, doing it inline
+/// cut the broker's CPU by 28% and produce p99 by 0.3 ms (BENCHMARKS.md).
+/// The price is that a write held up by the kernel's dirty-page throttling
+/// holds this worker's other tasks too, until another worker steals them.
+fn page_cache_io<T>(f: impl FnOnce() -> T) -> T {
+    f()
+}
+
+/// Whether every partition a fetch wants is read in its active segment,
+/// whose bytes were written moments ago and are in the page cache; older
+/// local segments may have to come from the disk.
+fn reads_active_segments(log: &LogManager, wanted: &FetchWanted) -> bool {
+    wanted.iter().all(|(topic, parts)| {
+        parts.iter().all(|&(idx, offset, _)| {
+            log.partition(topic, idx)
+                .is_none_or(|p| offset >= p.active_base_offset())
+        })
+    })
+}
+
+/// Runs blocking storage work (disk reads, fsyncs of metadata) without
+/// stalling other connections.
 async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, LogError> + Send + 'static,
 ) -> Result<T, LogError> {
-    // Page-cache reads and writes are short; block_in_place keeps them on
-    // this worker (moving its other tasks away) instead of paying two
-    // thread hand-offs per request as spawn_blocking would. fsync never
-    // runs here: it belongs to the log's flusher threads.
+    // block_in_place keeps the work on this thread (moving its other tasks
+    // away) instead of paying two thread hand-offs as spawn_blocking would.
     if tokio::runtime::Handle::current().runtime_flavor()
         == tokio::runtime::RuntimeFlavor::MultiThread
     {

@@ -432,6 +432,16 @@ impl Partition {
         self.inner.lock().segments[0].base_offset
     }
 
+    /// Base offset of the active segment (the one appends go to): reads at
+    /// or above it are served from bytes written moments ago.
+    pub fn active_base_offset(&self) -> i64 {
+        let inner = self.inner.lock();
+        inner
+            .segments
+            .last()
+            .map_or(inner.log_end_offset, |s| s.base_offset)
+    }
+
     /// Total bytes of all segments.
     pub fn size_bytes(&self) -> u64 {
         self.inner.lock().segments.iter().map(|s| s.size()).sum()
