@@ -8,8 +8,8 @@
 # 127.0.0.1:19093), creates a PARTITIONS-partition topic, runs one
 # `rdkperf latency` (100 B records, acks=all, idempotent, linger.ms=$LINGER,
 # default 1; 2 s warm-up, SECONDS measured, default 8), prints produce->ack
-# and produce->consume p50/p99/p999 and the broker's fsync-duration
-# histogram, stops the broker and removes the data.
+# and produce->consume p50/p99/p999, the broker's CPU seconds over the run
+# and its fsync-duration histogram, stops the broker and removes the data.
 #
 # RDKPERF: the rdkperf binary (default: built once into /tmp/rdkperf-latency from
 # rdkperf.c, linked to the librdkafka bundled with the test venv's
@@ -36,6 +36,8 @@ trap 'kill -TERM $BP 2>/dev/null || true; wait $BP 2>/dev/null || true; rm -rf "
 for _ in $(seq 100); do (echo >/dev/tcp/127.0.0.1/19092) 2>/dev/null && break; sleep 0.1; done
 "$BIN" --bootstrap-server 127.0.0.1:19092 topic create lat --partitions "$P" >/dev/null
 "$BIN" --bootstrap-server 127.0.0.1:19092 topic create lat-warm --partitions 1 >/dev/null
+cpu() { awk -v hz="$(getconf CLK_TCK)" '{ print ($14 + $15) / hz }' "/proc/$BP/stat"; }
+CPU0=$(cpu)
 "$RDKPERF" latency -b 127.0.0.1:19092 -t lat -s 100 --rate "$RATE" --seconds "$SECS" --warmup 2 \
   --drain 3 --linger-ms "$LINGER" --from beginning --warmup-topic lat-warm --max-seconds 60 2>/dev/null |
   tail -n 1 | python3 -c "
@@ -44,6 +46,7 @@ d = json.loads(sys.stdin.read())
 print('partitions %d, %.0f rec/s: ack p50/p99/p999 %.2f / %.2f / %.2f ms, produce->consume %.2f / %.2f / %.2f ms (%d samples)' % (
     d['partitions'], d['achieved_rate'], d['ack_p50_ms'], d['ack_p99_ms'], d['ack_p999_ms'],
     d['p50_ms'], d['p99_ms'], d['p999_ms'], d['ack_samples']))"
+echo "broker CPU-s: $(python3 -c "print(round($(cpu) - $CPU0, 2))")"
 curl -s 127.0.0.1:19093/metrics | python3 -c "
 import sys
 b = {}
