@@ -133,6 +133,12 @@ fn segments_roll_at_segment_bytes_and_reads_cross_them() {
         assert_eq!(*off, i as i64 * 3);
         assert_eq!(*n, 3);
     }
+    // The active segment is the last one, and it starts where the
+    // sealed ones end.
+    let segs = p.segments();
+    let last = segs.last().unwrap();
+    assert_eq!(p.active_base_offset(), last.base_offset);
+    assert!(p.active_base_offset() > 0 && p.active_base_offset() <= 117);
 }
 
 #[test]
