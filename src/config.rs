@@ -117,7 +117,8 @@ pub struct Settings {
     pub metrics_addr: Option<SocketAddr>,
     pub object_store: String,
     pub flush: sediment_log::FlushPolicy,
-    pub flush_threads: usize,
+    /// `None`: the log's default (`LogConfig::new`).
+    pub flush_threads: Option<usize>,
     pub auto_create_topics: bool,
     pub default_partitions: i32,
     pub retention_check_interval_ms: u64,
@@ -212,8 +213,8 @@ impl Settings {
             )),
             other => bail!("flush policy '{other}' is not 'fsync' or 'interval'"),
         };
-        let flush_threads = args.flush_threads.or(file.flush_threads).unwrap_or(4);
-        if !(1..=64).contains(&flush_threads) {
+        let flush_threads = args.flush_threads.or(file.flush_threads);
+        if flush_threads.is_some_and(|n| !(1..=64).contains(&n)) {
             bail!("flush threads must be between 1 and 64");
         }
         let mut topic_defaults: BTreeMap<String, String> = file

@@ -98,7 +98,9 @@ async fn serve(args: ServeArgs) -> Result<()> {
     let started = std::time::Instant::now();
     let mut log_config = sediment_log::LogConfig::new(&settings.data_dir);
     log_config.flush_policy = settings.flush;
-    log_config.flush_threads = settings.flush_threads;
+    if let Some(n) = settings.flush_threads {
+        log_config.flush_threads = n;
+    }
     log_config.topic_defaults = sediment_log::TopicConfig::with_overrides(
         &sediment_log::TopicConfig::default(),
         &settings.topic_defaults,

@@ -1118,7 +1118,7 @@ fn read_fetch(
 /// `spawn_blocking`) costs thread wake-ups and context switches on every
 /// request: measured at 10,000 records/s over 4 partitions, doing it inline
 /// cut the broker's CPU by a third and produce p99 from 2.4 to 1.9 ms
-/// (BENCHMARKS.md, run 3).
+/// (BENCHMARKS.md, "Page-cache work on the async worker").
 /// The price is that a write held up by the kernel's dirty-page throttling
 /// holds this worker's other tasks too, until another worker steals them.
 fn page_cache_io<T>(f: impl FnOnce() -> T) -> T {
