@@ -78,6 +78,9 @@ struct Inner {
     dirty: bool,
     /// Flushes started and not yet published, oldest first.
     flushes: FlushesInFlight,
+    /// Flushes still writing sealed segments' index files and producer
+    /// snapshots (after their sync, so after the HW moved).
+    sealing: usize,
 }
 
 /// Flushes of one partition may overlap: a flush that starts while another
@@ -377,6 +380,7 @@ impl Partition {
                 pending_seals: VecDeque::new(),
                 dirty: false,
                 flushes: FlushesInFlight::new(log_end_offset),
+                sealing: 0,
             }),
             hw_tx,
             hw_changed: ctx.hw_changed.clone(),
@@ -733,13 +737,15 @@ impl Partition {
         let mut inner = self.inner.lock();
         loop {
             self.check_not_failed()?;
-            if inner.flushes.durable_offset >= target {
+            // Durable, and no flush still writing the index files of
+            // segments sealed before the call.
+            if inner.flushes.durable_offset >= target && inner.sealing == 0 {
                 return Ok(());
             }
-            // Not durable yet, so a flush that covers `target` is running
-            // (the one this call started, or, when there was nothing new to
-            // sync, an earlier one): it signals when it finishes.
-            debug_assert!(!inner.flushes.pending.is_empty());
+            // Otherwise a flush is running (the one this call started, or,
+            // when there was nothing new to sync, an earlier one): it
+            // signals when it finishes.
+            debug_assert!(!inner.flushes.pending.is_empty() || inner.sealing > 0);
             self.flushed.wait(&mut inner);
         }
     }
@@ -761,6 +767,7 @@ impl Partition {
             inner.dirty = false;
             let seals: Vec<PendingSeal> = inner.pending_seals.drain(..).collect();
             let active = inner.segments.last().cloned();
+            inner.sealing += usize::from(!seals.is_empty());
             (inner.flushes.start(target), seals, active, target)
         };
         // fsync first. A failed fsync is not retried: the kernel may have
@@ -781,7 +788,8 @@ impl Partition {
             // Wake producers and flush() callers waiting for durability: it
             // will not come.
             self.hw_tx.send_modify(|_| {});
-            let _inner = self.inner.lock();
+            let mut inner = self.inner.lock();
+            inner.sealing -= usize::from(!seals.is_empty());
             self.flushed.notify_all();
             tracing::error!(topic = %self.topic, partition = self.id, error = %e, "fsync failed: the partition refuses writes until the broker restarts and recovers it");
             return Err(e);
@@ -799,6 +807,7 @@ impl Partition {
         // Sealed segments' index files and producer snapshots: written
         // atomically once their own segment is synced; on failure they are
         // retried by the next flush.
+        let sealed = !seals.is_empty();
         let mut unfinished = Vec::new();
         let mut first_error = None;
         for seal in seals {
@@ -816,16 +825,20 @@ impl Partition {
                 unfinished.push(seal);
             }
         }
-        match first_error {
-            None => Ok(target),
-            Some(e) => {
-                let mut inner = self.inner.lock();
+        if sealed || first_error.is_some() {
+            let mut inner = self.inner.lock();
+            inner.sealing -= usize::from(sealed);
+            if first_error.is_some() {
                 inner.dirty = true;
                 for seal in unfinished.into_iter().rev() {
                     inner.pending_seals.push_front(seal);
                 }
-                Err(e)
             }
+            self.flushed.notify_all();
+        }
+        match first_error {
+            None => Ok(target),
+            Some(e) => Err(e),
         }
     }
 
