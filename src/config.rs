@@ -62,6 +62,15 @@ pub struct ServeArgs {
     /// remote.log.manager.copy.max.bytes.per.second) [default: unlimited].
     #[arg(long, env = "SEDIMENT_TIERING_MAX_BYTES_PER_SECOND")]
     pub tiering_max_bytes_per_second: Option<u64>,
+    /// CPU and disk priority of Parquet conversion: `idle` (only CPU time
+    /// nothing else wants, until a partition's unarchived backlog passes
+    /// --tiering-idle-backlog-bytes) or `low` (nice 10) [default: idle].
+    #[arg(long, env = "SEDIMENT_TIERING_PRIORITY")]
+    pub tiering_priority: Option<String>,
+    /// Sealed, not yet archived bytes of one partition above which its
+    /// conversions stop waiting for idle CPU [default: 1073741824].
+    #[arg(long, env = "SEDIMENT_TIERING_IDLE_BACKLOG_BYTES")]
+    pub tiering_idle_backlog_bytes: Option<u64>,
     /// Memory for batches rebuilt from the archive for consumers
     /// [default: 134217728].
     #[arg(long, env = "SEDIMENT_ARCHIVE_CACHE_BYTES")]
@@ -100,6 +109,8 @@ struct FileConfig {
     retention_check_interval_ms: Option<u64>,
     tiering_interval_ms: Option<u64>,
     tiering_max_bytes_per_second: Option<u64>,
+    tiering_priority: Option<String>,
+    tiering_idle_backlog_bytes: Option<u64>,
     archive_cache_bytes: Option<usize>,
     group_initial_rebalance_delay_ms: Option<u64>,
     max_request_bytes: Option<usize>,
@@ -124,6 +135,8 @@ pub struct Settings {
     pub retention_check_interval_ms: u64,
     pub tiering_interval_ms: u64,
     pub tiering_max_bytes_per_second: Option<u64>,
+    pub tiering_priority: Option<sediment_tiering::ConversionPriority>,
+    pub tiering_idle_backlog_bytes: Option<u64>,
     pub archive_cache_bytes: usize,
     pub group_initial_rebalance_delay_ms: u64,
     pub max_request_bytes: usize,
@@ -217,6 +230,13 @@ impl Settings {
         if flush_threads.is_some_and(|n| !(1..=64).contains(&n)) {
             bail!("flush threads must be between 1 and 64");
         }
+        let tiering_priority = args
+            .tiering_priority
+            .clone()
+            .or(file.tiering_priority)
+            .map(|p| p.parse::<sediment_tiering::ConversionPriority>())
+            .transpose()
+            .map_err(anyhow::Error::msg)?;
         let mut topic_defaults: BTreeMap<String, String> = file
             .topic_defaults
             .into_iter()
@@ -269,6 +289,10 @@ impl Settings {
                 .tiering_max_bytes_per_second
                 .or(file.tiering_max_bytes_per_second)
                 .filter(|&r| r > 0),
+            tiering_priority,
+            tiering_idle_backlog_bytes: args
+                .tiering_idle_backlog_bytes
+                .or(file.tiering_idle_backlog_bytes),
             archive_cache_bytes: args
                 .archive_cache_bytes
                 .or(file.archive_cache_bytes)
@@ -330,6 +354,12 @@ mod tests {
         };
         let e = Settings::resolve(&args).unwrap_err().to_string();
         assert!(e.contains("sometimes"), "{e}");
+        let args = ServeArgs {
+            tiering_priority: Some("high".into()),
+            ..Default::default()
+        };
+        let e = Settings::resolve(&args).unwrap_err().to_string();
+        assert!(e.contains("`idle` or `low`") && e.contains("high"), "{e}");
         let args = ServeArgs {
             object_store: Some("ftp://x".into()),
             ..Default::default()

@@ -150,6 +150,12 @@ async fn serve(args: ServeArgs) -> Result<()> {
     tiering.value_columns = Some(engine.value_columns());
     tiering.interval = Duration::from_millis(settings.tiering_interval_ms);
     tiering.max_bytes_per_second = settings.tiering_max_bytes_per_second;
+    if let Some(p) = settings.tiering_priority {
+        tiering.priority = p;
+    }
+    if let Some(b) = settings.tiering_idle_backlog_bytes {
+        tiering.idle_backlog_bytes = b;
+    }
     let tierer = sediment_tiering::Tierer::new(archive.clone(), log.clone(), tiering)
         .context("starting the tierer")?;
     tracker.spawn(tierer.run(cancel.clone()));

@@ -10,7 +10,7 @@ One run, loopback only, bounded sizes, and everything it starts is stopped:
    driven by librdkafka clients: produce throughput at 100 B and 1 KiB
    (acks=all, idempotence on, no compression), consume throughput from offset
    0, and a produce-to-consume latency curve (fixed rates, then half of the
-   measured peak);
+   measured peak: the latency client plus paced load producers);
 3. the same workloads against Tansu (memory storage engine);
 4. one markdown table on stdout and the same results as JSON in --out.
 
@@ -20,8 +20,9 @@ compiled on the fly against the system librdkafka, Debian's librdkafka-dev),
 confluent-kafka wheel), `kcat` (Debian's, librdkafka 2.0.x) and
 confluent-kafka (Python, bundled librdkafka 2.x).  Throughput workloads run
 with every client given by --clients and the table shows the best one,
-named; the latency curve uses rdkperf alone (one process per level: a paced
-producer and a consumer, no other load).
+named; the latency curve uses rdkperf (one process per level: a paced
+producer and a consumer; at half peak, paced rdkperf producers add the rest
+of the load).
 
 See benches/README.md for how to run it and how to read the numbers.
 """
@@ -636,20 +637,26 @@ def _last_json(text: str) -> dict:
     raise RuntimeError(f"no JSON in rdkperf output: {text[-300:]!r}")
 
 
-def run_rdkperf_group(cmds: list[list[str]], ready_timeout: float, run_timeout: float,
-                      work: Path) -> list[dict]:
-    """Starts one rdkperf per command (each with --wait-go), waits for every
-    READY, releases them together and returns their JSON results."""
-    import select
+class RdkperfGroup:
+    """Several rdkperf processes (each started with --wait-go) released
+    together: `start` returns once every one printed READY and got GO,
+    `finish` waits for them and returns their JSON results. A `with` block
+    stops whatever is still running when it exits."""
 
-    procs, errs = [], []
-    try:
-        for i, cmd in enumerate(cmds):
-            ef = open(work / f"rdkperf-{os.getpid()}-{i}.err", "w+b")
-            errs.append(ef)
-            procs.append(popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=ef))
+    def __init__(self, cmds: list[list[str]], work: Path):
+        self.cmds, self.work = cmds, work
+        self.procs: list[subprocess.Popen] = []
+        self.errs: list = []
+
+    def start(self, ready_timeout: float) -> "RdkperfGroup":
+        import select
+
+        for i, cmd in enumerate(self.cmds):
+            ef = open(self.work / f"rdkperf-{os.getpid()}-{id(self)}-{i}.err", "w+b")
+            self.errs.append(ef)
+            self.procs.append(popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=ef))
         deadline = time.monotonic() + ready_timeout
-        for p in procs:
+        for p, ef in zip(self.procs, self.errs):
             line = b""
             while not line.endswith(b"\n"):
                 left = deadline - time.monotonic()
@@ -662,13 +669,16 @@ def run_rdkperf_group(cmds: list[list[str]], ready_timeout: float, run_timeout: 
                         break
                     line += ch
             if line.strip() != b"READY":
-                raise RuntimeError(f"rdkperf not ready ({line!r}, exit {p.poll()}): {_tail_file(errs[procs.index(p)])}")
-        for p in procs:
+                raise RuntimeError(f"rdkperf not ready ({line!r}, exit {p.poll()}): {_tail_file(ef)}")
+        for p in self.procs:
             p.stdin.write(b"GO\n")
             p.stdin.flush()
+        return self
+
+    def finish(self, run_timeout: float) -> list[dict]:
         out = []
         end = time.monotonic() + run_timeout
-        for p, ef in zip(procs, errs):
+        for p, ef in zip(self.procs, self.errs):
             try:
                 so, _ = p.communicate(timeout=max(1.0, end - time.monotonic()))
             except subprocess.TimeoutExpired:
@@ -677,14 +687,26 @@ def run_rdkperf_group(cmds: list[list[str]], ready_timeout: float, run_timeout: 
                 raise RuntimeError(f"rdkperf exit {p.returncode}: {_tail_file(ef)}")
             out.append(_last_json(so.decode(errors="replace")))
         return out
-    finally:
-        for p in procs:
+
+    def __enter__(self) -> "RdkperfGroup":
+        return self
+
+    def __exit__(self, *_exc) -> None:
+        for p in self.procs:
             _stop_popen(p, grace=3)
             if p in _CHILDREN:
                 _CHILDREN.remove(p)
-        for ef in errs:
+        for ef in self.errs:
             ef.close()
             Path(ef.name).unlink(missing_ok=True)
+
+
+def run_rdkperf_group(cmds: list[list[str]], ready_timeout: float, run_timeout: float,
+                      work: Path) -> list[dict]:
+    """Starts one rdkperf per command, releases them together and returns
+    their JSON results."""
+    with RdkperfGroup(cmds, work) as g:
+        return g.start(ready_timeout).finish(run_timeout)
 
 
 def _tail_file(f, n: int = 400) -> str:
@@ -945,15 +967,55 @@ class Bench:
     # -- latency ---------------------------------------------------------------
 
     def latency_level(self, broker: Broker, client: str, topic: str, size: int, rate: float,
-                      label: str) -> dict:
+                      label: str, load_rate: float = 0) -> dict:
         """One rdkperf `latency` run: a producer paced at `rate` records/s
         (linger.ms=--lat-linger-ms, acks=all, idempotent) stamping each value
         with its CLOCK_MONOTONIC send time, and in the same process a consumer
         reading the (fresh) topic, computing now - send time.  --lat-warmup-seconds
-        unmeasured, then --lat-seconds measured."""
+        unmeasured, then --lat-seconds measured.
+
+        With `load_rate`, --lat-load-producers rdkperf producers configured
+        like the throughput runs (linger.ms=--linger-ms) add that many
+        records/s of 100 B to another fresh topic for the whole run, so the
+        latency records measure a broker carrying `rate + load_rate`."""
         a = self.a
         exe = self.rdk[client]["bin"]
         create_topic(broker.bootstrap, topic, a.partitions)
+        load = None
+        if load_rate > 0:
+            load_topic = f"{topic}-load"
+            create_topic(broker.bootstrap, load_topic, a.partitions)
+            n = max(1, a.lat_load_producers)
+            secs = a.lat_warmup_seconds + a.lat_seconds + 1
+            load = RdkperfGroup([[exe, "produce", "-b", broker.bootstrap, "-t", load_topic, "-s", str(size),
+                                  "--rate", f"{load_rate / n:.0f}", "--seconds", f"{secs:g}",
+                                  "--linger-ms", f"{a.linger_ms:g}", "--batch-size", str(a.batch_bytes),
+                                  "--warmup-topic", WARMUP_TOPIC, "--wait-go",
+                                  "--max-seconds", f"{secs + 60:g}"] for _ in range(n)], self.work)
+            with load:
+                load.start(ready_timeout=60)
+                out = self._latency_run(broker, client, exe, topic, size, rate, label)
+                res = load.finish(run_timeout=120)
+            t0 = min(r["t_start_ns"] for r in res)
+            t1 = max(r["t_end_ns"] for r in res)
+            acked = sum(r["records"] for r in res)
+            achieved = acked / ((t1 - t0) / 1e9) if t1 > t0 else 0.0
+            out["load"] = {"producers": n, "target_rate": load_rate, "achieved_rate": achieved,
+                           "errors": sum(r["errors"] for r in res),
+                           "client_cpu_s": sum(r.get("cpu_s", 0.0) for r in res)}
+            out["total_rate"] = out["achieved_rate"] + achieved
+            if achieved < 0.9 * load_rate or out["load"]["errors"]:
+                w = (f"load producers achieved {achieved:,.0f} of {load_rate:,.0f} rec/s, "
+                     f"{out['load']['errors']} errors")
+                out["warning"] = f"{out['warning']}; {w}" if out.get("warning") else w
+            log(f"  {broker.name} load under that level: {achieved:,.0f} of {load_rate:,.0f} rec/s by {n} "
+                f"producers (linger.ms={a.linger_ms:g}); total {out['total_rate']:,.0f} rec/s")
+            return out
+        return self._latency_run(broker, client, exe, topic, size, rate, label)
+
+    def _latency_run(self, broker: Broker, client: str, exe: str, topic: str, size: int, rate: float,
+                     label: str) -> dict:
+        a = self.a
         cmd = [exe, "latency", "-b", broker.bootstrap, "-t", topic, "-s", str(size),
                "--rate", f"{rate:.0f}", "--seconds", f"{a.lat_seconds:g}",
                "--warmup", f"{a.lat_warmup_seconds:g}", "--drain", f"{a.lat_drain_seconds:g}",
@@ -1000,19 +1062,24 @@ class Bench:
         """The fixed --lat-rates levels, then half of this broker's best 100 B
         produce rate; every level on its own fresh topic."""
         a = self.a
-        levels = [(float(r), f"{float(r):,.0f} rec/s") for r in a.lat_rates]
+        levels = [(float(r), f"{float(r):,.0f} rec/s", 0.0) for r in a.lat_rates]
         if a.lat_half_peak and peak > 0:
-            levels.append((round(peak * 0.5), "half peak"))
+            # Half of the peak load: the latency client at --lat-probe-rate,
+            # the rest from producers configured like the ones that set the peak.
+            half = round(peak * 0.5)
+            probe = min(a.lat_probe_rate, half) if a.lat_probe_rate > 0 else half
+            levels.append((probe, "half peak", half - probe))
         out = {"client": client, "librdkafka": self.rdk[client]["librdkafka"], "peak_produce_rate": peak,
                "levels": []}
-        for i, (rate, label) in enumerate(levels):
+        for i, (rate, label, load) in enumerate(levels):
             if rate <= 0:
                 continue
             try:
-                out["levels"].append(self.latency_level(broker, client, f"bench-lat-{i}", 100, rate, label))
+                out["levels"].append(self.latency_level(broker, client, f"bench-lat-{i}", 100, rate, label,
+                                                        load_rate=load))
             except Exception as e:  # noqa: BLE001 - record it, try the next level
                 log(f"  ERROR {broker.name} latency {label}: {e}")
-                out["levels"].append({"level": label, "target_rate": rate, "error": str(e)[:500]})
+                out["levels"].append({"level": label, "target_rate": rate + load, "error": str(e)[:500]})
             if not broker.alive():
                 break
         return out
@@ -1164,7 +1231,9 @@ def table(results: dict) -> str:
         if "error" in lv:
             return "failed ⚠"
         s = f"{lv[prefix + 'p50_ms']:.2f} / {lv[prefix + 'p99_ms']:.2f} / {lv[prefix + 'p999_ms']:.2f} ms"
-        if lv["level"] == "half peak" or lv.get("warning"):
+        if "load" in lv:
+            s += f" @ {lv['total_rate']:,.0f} rec/s ({lv['achieved_rate']:,.0f} measured)"
+        elif lv["level"] == "half peak" or lv.get("warning"):
             s += f" @ {lv['achieved_rate']:,.0f} rec/s"
         return s + f" ({lv['client']})" + (" ⚠" if lv.get("warning") else "")
 
@@ -1292,6 +1361,12 @@ def parse_args(argv=None):
     ap.add_argument("--lat-clients", default="rdkperf-ck,rdkperf",
                     help="latency client: the first of these rdkperf builds that can talk to the broker")
     ap.add_argument("--lat-linger-ms", type=float, default=1, help="linger.ms of the latency producer")
+    ap.add_argument("--lat-probe-rate", type=float, default=10_000,
+                    help="half-peak level: records/s of the latency client; the rest of half the peak comes "
+                         "from --lat-load-producers producers with the throughput runs' linger.ms "
+                         "(0: the latency client alone carries the whole half peak)")
+    ap.add_argument("--lat-load-producers", type=int, default=2,
+                    help="producer processes adding the half-peak level's background load")
     ap.add_argument("--dd-mib", type=int, default=1024)
     ap.add_argument("--dsync-writes", type=int, default=1000)
     ap.add_argument("--iperf-seconds", type=float, default=3)
@@ -1435,6 +1510,9 @@ def main(argv=None) -> int:
             shutil.rmtree(work, ignore_errors=True)
     results["elapsed_seconds"] = time.monotonic() - t_begin
     m, v = results["machine"], results["versions"]
+    half_desc = (f" and half load: half the broker’s best 100 B produce rate, the latency client at "
+                 f"{a.lat_probe_rate:,.0f} rec/s and {a.lat_load_producers} rdkperf producers "
+                 f"(linger.ms={a.linger_ms:g}) carrying the rest on their own topic" if a.lat_half_peak else "")
     clients = ", ".join(c for c in a.clients)
     md = [
         f"## Sediment end-to-end benchmark{' (QUICK smoke run: sizes too small to mean anything)' if a.quick else ''}",
@@ -1447,9 +1525,9 @@ def main(argv=None) -> int:
         f"the best client per cell is named. Sediment flush policy: {a.flush_policy}; Tansu: memory://. "
         f"Latency curve: one rdkperf process per level (first usable of {', '.join(a.lat_clients)}): "
         f"a producer paced at the level's rate (100 B, linger.ms={a.lat_linger_ms:g}, acks=all, idempotent, "
-        f"{a.partitions} partitions, fresh topic) and a consumer in the same process, nothing else running; "
+        f"{a.partitions} partitions, fresh topic) and a consumer in the same process; "
         f"levels {', '.join(f'{r:,.0f}' for r in a.lat_rates)} rec/s"
-        f"{' and half the broker’s best 100 B produce rate' if a.lat_half_peak else ''}; "
+        f"{half_desc}; "
         f"{a.lat_warmup_seconds:g} s warm-up, {a.lat_seconds:g} s measured per level; "
         f"cells are p50 / p99 / p999.",
         "",

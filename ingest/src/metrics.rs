@@ -93,7 +93,7 @@ impl Metrics {
         );
         if let Some(archive) = broker.archive() {
             let m = &archive.metrics;
-            let counters: [(&str, &str, &std::sync::atomic::AtomicU64); 9] = [
+            let counters: [(&str, &str, &std::sync::atomic::AtomicU64); 10] = [
                 (
                     "sediment_archive_row_groups_loaded_total",
                     "Row groups fetched from the archive and rebuilt into batches.",
@@ -113,6 +113,11 @@ impl Metrics {
                     "sediment_archive_uploaded_segment_bytes_total",
                     "Bytes of segments archived (before conversion).",
                     &m.uploaded_segment_bytes,
+                ),
+                (
+                    "sediment_archive_backlog_conversions_total",
+                    "Conversions run at low instead of idle priority because their partition's unarchived backlog passed --tiering-idle-backlog-bytes.",
+                    &m.backlog_conversions,
                 ),
                 (
                     "sediment_archive_upload_errors_total",

@@ -34,7 +34,7 @@ pub use manifest::{
     ArchiveFile, Manifest, ManifestError, ValueColumn, MANIFEST_FORMAT, MANIFEST_VERSION,
 };
 pub use store::open_store;
-pub use tierer::{Tierer, TieringConfig};
+pub use tierer::{ConversionPriority, Tierer, TieringConfig};
 
 /// Version of the archive file layout (schema and key-value metadata).
 /// 2 added the optional typed value columns after `batch_offset`.
@@ -70,6 +70,9 @@ pub struct ArchiveMetrics {
     pub uploaded_files: AtomicU64,
     pub uploaded_bytes: AtomicU64,
     pub uploaded_segment_bytes: AtomicU64,
+    /// Conversions that ran at low rather than idle priority because their
+    /// partition's unarchived backlog passed the idle limit.
+    pub backlog_conversions: AtomicU64,
     pub upload_errors: AtomicU64,
     pub deleted_files: AtomicU64,
     pub read_errors: AtomicU64,

@@ -705,3 +705,56 @@ async fn the_archive_of_a_topic_deleted_while_stopped_is_purged_at_start() {
         "a live topic's archive was purged"
     );
 }
+
+/// (nice, scheduling policy) of the calling thread, from
+/// /proc/thread-self/stat (fields 19 and 41).
+#[cfg(target_os = "linux")]
+fn own_priority() -> (i64, u32) {
+    let stat = std::fs::read_to_string("/proc/thread-self/stat").unwrap();
+    let rest: Vec<&str> = stat[stat.rfind(')').unwrap() + 2..]
+        .split_whitespace()
+        .collect();
+    (rest[16].parse().unwrap(), rest[38].parse().unwrap())
+}
+
+#[cfg(target_os = "linux")]
+#[tokio::test]
+async fn conversion_threads_run_at_their_priority() {
+    use crate::tierer::{run_in_background, ConversionPriority};
+    const SCHED_OTHER: u32 = 0;
+    const SCHED_IDLE: u32 = 5;
+    let idle = run_in_background("t-idle".into(), ConversionPriority::Idle, || {
+        Ok(own_priority())
+    });
+    assert_eq!(idle.await.unwrap().1, SCHED_IDLE);
+    let low = run_in_background("t-low".into(), ConversionPriority::Low, || {
+        Ok(own_priority())
+    });
+    assert_eq!(low.await.unwrap(), (10, SCHED_OTHER));
+    // The caller's own thread is left alone.
+    assert_eq!(own_priority().1, SCHED_OTHER);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partition_with_a_large_backlog_converts_at_low_priority() {
+    let f = fixture();
+    create(&f, "t", &[]);
+    produce(&f, "t", 5);
+    let p = f.log.partition("t", 0).unwrap();
+    let sizes: Vec<u64> = p.sealed_segments().iter().map(|s| s.size_bytes).collect();
+    assert_eq!(sizes.len(), 5);
+    let mut config = TieringConfig::new(&f.data_dir);
+    // Idle once no more than the last two segments and a half are left.
+    config.idle_backlog_bytes = sizes[3] + sizes[4] + sizes[2] / 2;
+    let tierer = Tierer::new(f.archive.clone(), f.log.clone(), config).unwrap();
+    assert_eq!(tierer.pass().await.uploaded, 5);
+    assert_eq!(
+        f.archive
+            .metrics
+            .backlog_conversions
+            .load(Ordering::Relaxed),
+        3,
+        "the first three conversions had more than the limit behind them"
+    );
+    assert_eq!(f.archive.manifest("t", 0).unwrap().end_offset, 50);
+}

@@ -52,6 +52,37 @@ pub struct TieringConfig {
     pub max_bytes_per_second: Option<u64>,
     /// Typed value columns to add to new files (the SQL engine's streams).
     pub value_columns: Option<Arc<dyn convert::ValueColumns>>,
+    /// CPU (and disk) priority of conversion threads.
+    pub priority: ConversionPriority,
+    /// With [`ConversionPriority::Idle`]: once a partition has more than
+    /// this many bytes of sealed segments not yet archived, its
+    /// conversions run at [`ConversionPriority::Low`] instead, so a broker
+    /// whose cores never go idle still catches up.
+    pub idle_backlog_bytes: u64,
+}
+
+/// How conversion threads yield to produce and fetch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConversionPriority {
+    /// Linux `SCHED_IDLE` and the idle I/O class: conversion runs on CPU
+    /// time nothing else wants (RocksDB's `CpuPriority::kIdle` for its
+    /// compaction threads).
+    Idle,
+    /// Nice 10: conversion gets a small share of busy cores.
+    Low,
+}
+
+impl std::str::FromStr for ConversionPriority {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "idle" => Ok(ConversionPriority::Idle),
+            "low" => Ok(ConversionPriority::Low),
+            other => Err(format!(
+                "tiering priority must be `idle` or `low`, not `{other}`"
+            )),
+        }
+    }
 }
 
 impl TieringConfig {
@@ -65,6 +96,8 @@ impl TieringConfig {
             max_backoff: Duration::from_secs(60),
             max_bytes_per_second: None,
             value_columns: None,
+            priority: ConversionPriority::Idle,
+            idle_backlog_bytes: 1 << 30,
         }
     }
 }
@@ -276,10 +309,24 @@ impl Tierer {
             Some(m) => m,
             None => self.load(topic, p).await?,
         };
-        for seg in p.sealed_segments() {
+        let sealed = p.sealed_segments();
+        let mut backlog: u64 = sealed
+            .iter()
+            .filter(|s| s.next_offset > m.end_offset)
+            .map(|s| s.size_bytes)
+            .sum();
+        for seg in sealed {
             if seg.next_offset <= m.end_offset {
                 continue;
             }
+            let priority = match self.config.priority {
+                ConversionPriority::Idle if backlog > self.config.idle_backlog_bytes => {
+                    inc(&self.archive.metrics.backlog_conversions, 1);
+                    ConversionPriority::Low
+                }
+                other => other,
+            };
+            backlog = backlog.saturating_sub(seg.size_bytes);
             if seg.base_offset < m.end_offset {
                 return Err(ArchiveError::Corrupt(format!(
                     "local segment {} overlaps the archive, which ends at {}",
@@ -287,7 +334,7 @@ impl Tierer {
                     m.end_offset
                 )));
             }
-            m = self.archive_segment(topic, p, &m, &seg).await?;
+            m = self.archive_segment(topic, p, &m, &seg, priority).await?;
             out.uploaded += 1;
         }
         out.expired = self.enforce_retention(p, &m).await?;
@@ -301,6 +348,7 @@ impl Tierer {
         p: &Arc<Partition>,
         m: &Manifest,
         seg: &SegmentInfo,
+        priority: ConversionPriority,
     ) -> Result<Arc<Manifest>, ArchiveError> {
         let started = Instant::now();
         let staged = self.config.staging_dir.join(format!(
@@ -317,7 +365,7 @@ impl Tierer {
             .value_columns
             .as_ref()
             .and_then(|v| v.for_topic(&p.topic));
-        let conv = run_niced(format!("tier-{}-{}", p.topic, p.id), move || {
+        let conv = run_in_background(format!("tier-{}-{}", p.topic, p.id), priority, move || {
             let convert = |typed: Option<&dyn convert::ValueDecoder>| {
                 let io = |e: std::io::Error, path: &std::path::Path| {
                     ArchiveError::Io(format!("{}: {e}", path.display()))
@@ -495,21 +543,23 @@ impl Tierer {
     }
 }
 
-/// Nice value of conversion threads: when the cores are busy, produce and
-/// fetch win and tiering waits (its backlog is safe on local disk); when
-/// they are idle, tiering runs at full speed.
+/// Nice value of [`ConversionPriority::Low`] conversion threads: when the
+/// cores are busy, produce and fetch win most of the time and tiering waits
+/// (its backlog is safe on local disk); when they are idle, tiering runs at
+/// full speed.
 const CONVERSION_NICE: i32 = 10;
 
 /// Runs `f` on a thread of its own at a lower CPU priority.
-async fn run_niced<T: Send + 'static>(
+pub(crate) async fn run_in_background<T: Send + 'static>(
     name: String,
+    priority: ConversionPriority,
     f: impl FnOnce() -> Result<T, ArchiveError> + Send + 'static,
 ) -> Result<T, ArchiveError> {
     let (tx, rx) = tokio::sync::oneshot::channel();
     std::thread::Builder::new()
         .name(name)
         .spawn(move || {
-            lower_priority();
+            lower_priority(priority);
             let _ = tx.send(f());
         })
         .map_err(|e| ArchiveError::Io(format!("starting a conversion thread: {e}")))?;
@@ -519,21 +569,41 @@ async fn run_niced<T: Send + 'static>(
 
 #[cfg(target_os = "linux")]
 #[allow(unsafe_code)]
-fn lower_priority() {
-    // SAFETY: gettid and setpriority take and return plain integers and
-    // touch no memory of ours. On Linux the nice value belongs to a thread,
-    // and PRIO_PROCESS with a thread id changes only that thread.
-    let rc = unsafe {
-        let tid = libc::gettid();
-        libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, CONVERSION_NICE)
+fn lower_priority(priority: ConversionPriority) {
+    let rc = match priority {
+        // SAFETY: sched_setscheduler reads the parameter struct we pass and
+        // keeps no reference to it; pid 0 is the calling thread. ioprio_set
+        // takes plain integers (IOPRIO_WHO_PROCESS, this thread's id, the
+        // idle class) and touches no memory of ours.
+        ConversionPriority::Idle => unsafe {
+            let param = libc::sched_param { sched_priority: 0 };
+            let rc = libc::sched_setscheduler(0, libc::SCHED_IDLE, &param);
+            const IOPRIO_CLASS_IDLE: libc::c_long = 3;
+            const IOPRIO_CLASS_SHIFT: libc::c_long = 13;
+            const IOPRIO_WHO_PROCESS: libc::c_long = 1;
+            let _ = libc::syscall(
+                libc::SYS_ioprio_set,
+                IOPRIO_WHO_PROCESS,
+                libc::c_long::from(libc::gettid()),
+                IOPRIO_CLASS_IDLE << IOPRIO_CLASS_SHIFT,
+            );
+            rc
+        },
+        // SAFETY: gettid and setpriority take and return plain integers and
+        // touch no memory of ours. On Linux the nice value belongs to a
+        // thread, and PRIO_PROCESS with a thread id changes only that thread.
+        ConversionPriority::Low => unsafe {
+            let tid = libc::gettid();
+            libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, CONVERSION_NICE)
+        },
     };
     if rc != 0 {
-        tracing::debug!(error = %std::io::Error::last_os_error(), "could not lower the conversion thread's priority");
+        tracing::debug!(error = %std::io::Error::last_os_error(), ?priority, "could not lower the conversion thread's priority");
     }
 }
 
 #[cfg(not(target_os = "linux"))]
-fn lower_priority() {}
+fn lower_priority(_: ConversionPriority) {}
 
 /// Paces conversions to a byte rate: each caller is given the next slot on
 /// a virtual clock and sleeps until it, with up to one second of unused
