@@ -37,6 +37,22 @@ use crate::IngestConfig;
 
 /// (partition, fetch offset, partition max bytes) per topic of a Fetch.
 type FetchWanted = Vec<(String, Vec<(i32, i64, usize)>)>;
+/// Resolves when any of `rxs` sees a new value; never for a partition that
+/// was deleted (its next read reports that) or when there are none.
+async fn any_changed(rxs: &mut [tokio::sync::watch::Receiver<i64>]) {
+    if rxs.is_empty() {
+        return std::future::pending().await;
+    }
+    let waits = rxs.iter_mut().map(|rx| {
+        Box::pin(async move {
+            if rx.changed().await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        })
+    });
+    futures::future::select_all(waits).await;
+}
+
 /// Records read from the archive for a fetch, by (topic, partition).
 type ColdReads = std::collections::HashMap<(String, i32), Result<Bytes, String>>;
 /// A partition's append outcome, by (topic index, partition index).
@@ -481,7 +497,6 @@ impl Broker {
         } else {
             (req.max_bytes as usize).min(MAX_FETCH_BYTES)
         };
-        let mut changes = self.log.subscribe_high_watermarks();
         let wanted: Arc<FetchWanted> = Arc::new(
             req.topics
                 .iter()
@@ -502,15 +517,29 @@ impl Broker {
                 })
                 .collect(),
         );
+        // A long poll wakes when one of its own partitions' high watermarks
+        // moves, not on every flush of the broker (Kafka's fetch purgatory
+        // is keyed by partition the same way).
+        let mut changes: Vec<tokio::sync::watch::Receiver<i64>> = wanted
+            .iter()
+            .flat_map(|(topic, parts)| {
+                parts
+                    .iter()
+                    .filter_map(|&(idx, _, _)| self.log.partition(topic, idx))
+                    .map(|p| p.watch_high_watermark())
+            })
+            .collect();
         loop {
-            changes.borrow_and_update();
+            for rx in &mut changes {
+                rx.borrow_and_update();
+            }
             let cold = Arc::new(self.cold_reads(&wanted, max_bytes).await);
             let (resp, total, errors) = self.read_local(&wanted, &cold, max_bytes, version).await;
             let elapsed = start.elapsed();
             if total >= min_bytes.max(1) || errors || elapsed >= max_wait {
                 return resp;
             }
-            let _ = tokio::time::timeout(max_wait - elapsed, changes.changed()).await;
+            let _ = tokio::time::timeout(max_wait - elapsed, any_changed(&mut changes)).await;
             if start.elapsed() >= max_wait {
                 // One last read so that data arriving at the deadline is not missed.
                 return self.read_local(&wanted, &cold, max_bytes, version).await.0;

@@ -93,7 +93,7 @@ impl Metrics {
         );
         if let Some(archive) = broker.archive() {
             let m = &archive.metrics;
-            let counters: [(&str, &str, &std::sync::atomic::AtomicU64); 10] = [
+            let counters: [(&str, &str, &std::sync::atomic::AtomicU64); 11] = [
                 (
                     "sediment_archive_row_groups_loaded_total",
                     "Row groups fetched from the archive and rebuilt into batches.",
@@ -118,6 +118,11 @@ impl Metrics {
                     "sediment_archive_backlog_conversions_total",
                     "Conversions run at low instead of idle priority because their partition's unarchived backlog passed --tiering-idle-backlog-bytes.",
                     &m.backlog_conversions,
+                ),
+                (
+                    "sediment_archive_conversion_wait_milliseconds_total",
+                    "Time idle-priority conversions waited for the machine's cores to have idle time.",
+                    &m.conversion_wait_ms,
                 ),
                 (
                     "sediment_archive_upload_errors_total",

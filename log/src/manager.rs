@@ -113,7 +113,6 @@ pub struct LogManager {
     /// Serializes topic creation and deletion.
     admin_lock: Mutex<()>,
     flush_queue: Arc<FlushQueue>,
-    hw_changed: Arc<tokio::sync::watch::Sender<u64>>,
     index_cache: Arc<IndexCache>,
     fsync_latency: Arc<crate::Histogram>,
     flushers: Mutex<Vec<JoinHandle<()>>>,
@@ -230,7 +229,6 @@ impl LogManager {
         };
 
         let flush_queue = Arc::new(FlushQueue::default());
-        let hw_changed = Arc::new(tokio::sync::watch::Sender::new(0u64));
         let index_cache = Arc::new(IndexCache::new(config.index_cache_bytes));
         let fsync_latency = Arc::new(crate::Histogram::default());
         let now = now_ms();
@@ -238,7 +236,6 @@ impl LogManager {
             fsync_latency: fsync_latency.clone(),
             flush_policy: config.flush_policy,
             flush_queue: flush_queue.clone(),
-            hw_changed: hw_changed.clone(),
             index_cache: index_cache.clone(),
             leader_epoch: 0,
             clean,
@@ -301,7 +298,6 @@ impl LogManager {
             topics: RwLock::new(topics),
             admin_lock: Mutex::new(()),
             flush_queue,
-            hw_changed,
             index_cache,
             fsync_latency,
             flushers: Mutex::new(Vec::new()),
@@ -326,11 +322,6 @@ impl LogManager {
             handles.push(h);
         }
         Ok(())
-    }
-
-    /// Changes whenever any partition's high watermark advances.
-    pub fn subscribe_high_watermarks(&self) -> tokio::sync::watch::Receiver<u64> {
-        self.hw_changed.subscribe()
     }
 
     /// Durations of segment fdatasync calls.
@@ -413,7 +404,6 @@ impl LogManager {
         let ctx = PartitionContext {
             flush_policy: self.config.flush_policy,
             flush_queue: self.flush_queue.clone(),
-            hw_changed: self.hw_changed.clone(),
             index_cache: self.index_cache.clone(),
             fsync_latency: self.fsync_latency.clone(),
             leader_epoch: 0,

@@ -143,8 +143,6 @@ pub struct Partition {
     config: RwLock<Arc<TopicConfig>>,
     inner: Mutex<Inner>,
     hw_tx: watch::Sender<i64>,
-    /// Broker-wide "some high watermark moved" signal for fetch long-polls.
-    hw_changed: Arc<watch::Sender<u64>>,
     index_cache: Arc<IndexCache>,
     fsync_latency: Arc<crate::Histogram>,
     leader_epoch: i32,
@@ -191,7 +189,6 @@ impl std::fmt::Debug for Partition {
 pub struct PartitionContext {
     pub flush_policy: FlushPolicy,
     pub flush_queue: Arc<FlushQueue>,
-    pub hw_changed: Arc<watch::Sender<u64>>,
     pub index_cache: Arc<IndexCache>,
     pub fsync_latency: Arc<crate::Histogram>,
     pub leader_epoch: i32,
@@ -383,7 +380,6 @@ impl Partition {
                 sealing: 0,
             }),
             hw_tx,
-            hw_changed: ctx.hw_changed.clone(),
             index_cache: ctx.index_cache.clone(),
             fsync_latency: ctx.fsync_latency.clone(),
             leader_epoch: ctx.leader_epoch,
@@ -612,7 +608,6 @@ impl Partition {
 
     fn publish_hw(&self, hw: i64) {
         self.hw_tx.send_replace(hw);
-        self.hw_changed.send_modify(|g| *g = g.wrapping_add(1));
     }
 
     fn request_flush(self: &Arc<Self>) {

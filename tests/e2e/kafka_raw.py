@@ -659,19 +659,32 @@ class KafkaConn:
               min_bytes: int = 1, max_bytes: int = 50 * 1024 * 1024,
               partition_max_bytes: int = 1024 * 1024, version: Optional[int] = None) -> dict:
         """Single-partition Fetch (no sessions). Returns the partition response with raw records."""
+        resp = self.fetch_many([(topic, partition, offset)], max_wait_ms=max_wait_ms, min_bytes=min_bytes,
+                               max_bytes=max_bytes, partition_max_bytes=partition_max_bytes, version=version)
+        assert len(resp) == 1, resp
+        return resp[0]
+
+    def fetch_many(self, wanted: list, *, max_wait_ms: int = 500, min_bytes: int = 1,
+                   max_bytes: int = 50 * 1024 * 1024, partition_max_bytes: int = 1024 * 1024,
+                   version: Optional[int] = None) -> list:
+        """Fetch (no sessions) of every (topic, partition, offset) in `wanted`, in one request.
+        Returns the partition responses, each with its "topic" and raw records, in response order."""
         v = version if version is not None else self.pick(FETCH, 4, 11)
         assert v <= 11, "flexible Fetch is not implemented by this helper"
         body = i32(-1) + i32(max_wait_ms) + i32(min_bytes) + i32(max_bytes) + i8(0)
         if v >= 7:
             body += i32(0) + i32(-1)  # session id, session epoch (-1: full fetch, no session)
-        part = i32(partition)
-        if v >= 9:
-            part += i32(-1)  # current leader epoch
-        part += i64(offset)
-        if v >= 5:
-            part += i64(-1)
-        part += i32(partition_max_bytes)
-        body += array([string(topic) + array([part])])
+        topics: dict = {}
+        for topic, partition, offset in wanted:
+            part = i32(partition)
+            if v >= 9:
+                part += i32(-1)  # current leader epoch
+            part += i64(offset)
+            if v >= 5:
+                part += i64(-1)
+            part += i32(partition_max_bytes)
+            topics.setdefault(topic, []).append(part)
+        body += array([string(t) + array(parts) for t, parts in topics.items()])
         if v >= 7:
             body += array([])
         if v >= 11:
@@ -701,8 +714,7 @@ class KafkaConn:
 
         responses = r.array(tresp)
         assert top_error == NONE, f"fetch top-level error {top_error}"
-        assert len(responses) == 1 and len(responses[0][1]) == 1, responses
-        return responses[0][1][0]
+        return [dict(p, topic=t) for t, parts in responses for p in parts]
 
 
 def broker_alive(bootstrap: str, timeout: float = 10.0) -> bool:

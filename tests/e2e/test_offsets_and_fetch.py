@@ -100,6 +100,59 @@ def test_fetch_long_poll_wakes_up_when_data_arrives(broker):
     assert elapsed < 5, f"fetch waited {elapsed:.2f}s although data arrived after 0.5s"
 
 
+def test_fetch_long_poll_over_several_partitions_wakes_for_any_of_them(broker):
+    """A long poll wakes for data on any partition it asked for, whichever
+    topic it is in, and only for those: writes elsewhere do not end it."""
+    quiet, busy, other = unique("wake-a"), unique("wake-b"), unique("wake-other")
+    create_topic(broker.bootstrap, quiet, partitions=2)
+    create_topic(broker.bootstrap, busy, partitions=1)
+    create_topic(broker.bootstrap, other, partitions=1)
+    p = producer(broker.bootstrap, **{"linger.ms": 0})
+    wanted = [(quiet, 0, 0), (quiet, 1, 0), (busy, 0, 0)]
+    with kafka_raw.KafkaConn.to(broker.bootstrap, timeout=30) as c:
+        c.pick(kafka_raw.FETCH, 4, 11)
+        # Records keep landing in a topic the fetch did not ask for: it
+        # still waits out max_wait and answers with nothing.
+        stop = threading.Event()
+
+        def elsewhere():
+            while not stop.is_set():
+                p.produce(other, value=b"noise", partition=0)
+                p.flush(10)
+                time.sleep(0.01)
+
+        t = threading.Thread(target=elsewhere)
+        t.start()
+        try:
+            t0 = time.monotonic()
+            resp = c.fetch_many(wanted, max_wait_ms=1000, min_bytes=1)
+            elapsed = time.monotonic() - t0
+        finally:
+            stop.set()
+            t.join()
+        assert sorted((r["topic"], r["partition"]) for r in resp) == sorted((w[0], w[1]) for w in wanted)
+        assert all(r["records"] == b"" and r["error_code"] == kafka_raw.NONE for r in resp), resp
+        assert 0.8 <= elapsed < 5, f"answered after {elapsed:.2f}s, max_wait 1s"
+
+        # Data on the last partition asked for ends the wait early.
+        def produce_later():
+            time.sleep(0.5)
+            p.produce(busy, value=b"hello", partition=0)
+            p.flush(10)
+
+        t = threading.Thread(target=produce_later)
+        t.start()
+        t0 = time.monotonic()
+        resp = c.fetch_many(wanted, max_wait_ms=10000, min_bytes=1)
+        elapsed = time.monotonic() - t0
+        t.join()
+    got = {(r["topic"], r["partition"]): r for r in resp}
+    batches, _ = kafka_raw.decode_batches(got[(busy, 0)]["records"])
+    assert [rec.value for b in batches for rec in b.records] == [b"hello"]
+    assert got[(quiet, 0)]["records"] == b"" and got[(quiet, 1)]["records"] == b""
+    assert elapsed < 5, f"fetch waited {elapsed:.2f}s although data arrived after 0.5s"
+
+
 def test_fetch_honours_min_bytes_and_returns_immediately_when_satisfied(broker):
     topic = unique("minbytes")
     create_topic(broker.bootstrap, topic, partitions=1)

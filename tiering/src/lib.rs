@@ -73,6 +73,9 @@ pub struct ArchiveMetrics {
     /// Conversions that ran at low rather than idle priority because their
     /// partition's unarchived backlog passed the idle limit.
     pub backlog_conversions: AtomicU64,
+    /// Milliseconds idle-priority conversions waited for the machine to
+    /// have idle CPU.
+    pub conversion_wait_ms: AtomicU64,
     pub upload_errors: AtomicU64,
     pub deleted_files: AtomicU64,
     pub read_errors: AtomicU64,

@@ -758,3 +758,44 @@ async fn a_partition_with_a_large_backlog_converts_at_low_priority() {
     );
     assert_eq!(f.archive.manifest("t", 0).unwrap().end_offset, 50);
 }
+
+#[cfg(target_os = "linux")]
+#[test]
+fn the_cpu_gate_holds_conversions_while_every_core_is_busy() {
+    use crate::tierer::CpuGate;
+    let cores = std::fs::read_to_string("/proc/stat")
+        .unwrap()
+        .lines()
+        .skip(1)
+        .filter(|l| l.starts_with("cpu"))
+        .count();
+    let mut gate = CpuGate::with_max_wait(std::time::Duration::from_secs(20));
+    // Every core spins for 1.5 s.
+    let stop_at = std::time::Instant::now() + std::time::Duration::from_millis(1500);
+    let spinners: Vec<_> = (0..cores)
+        .map(|_| {
+            std::thread::spawn(move || {
+                let mut x = 0u64;
+                while std::time::Instant::now() < stop_at {
+                    x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(7));
+                }
+                x
+            })
+        })
+        .collect();
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let started = std::time::Instant::now();
+    let slept = gate.wait();
+    let took = started.elapsed();
+    for s in spinners {
+        s.join().unwrap();
+    }
+    assert!(
+        slept >= std::time::Duration::from_millis(500),
+        "the gate let a conversion run while {cores} cores were busy (slept {slept:?})"
+    );
+    // It opened after the spinners stopped, long before its limit.
+    assert!(took < std::time::Duration::from_secs(15), "{took:?}");
+    // And it does not sample again within the same 100 ms.
+    assert!(gate.wait().is_zero());
+}
