@@ -9,7 +9,7 @@
  *   produce   -n N records of -s S bytes to -t, every partition in turn (explicit
  *             round-robin, no keys), acks=all, idempotent; counts delivery
  *             reports; optional --rate R (records/s, paced in --slice-us slices)
- *             and --seconds T.  Prints {records, bytes, seconds, errors, ...};
+ *             and --seconds T (with or without --rate: stop sending after T s).  Prints {records, bytes, seconds, errors, ...};
  *             seconds = first produce() to last delivery report.  Values
  *             (--payload): `same` (default) = one buffer of S rand() bytes
  *             reused by every record; `random` = each record its own slice of
@@ -434,7 +434,9 @@ static int mode_produce(void) {
         }
         sent += chunk;
         rd_kafka_poll(rk, 0);
-        if (now_ns() > deadline) { truncated = 1; break; }
+        int64_t now = now_ns();
+        if (now > deadline) { truncated = 1; break; }
+        if (now >= stop_at) break; /* --seconds without --rate: produce flat out for T s */
     }
     int64_t left = deadline - now_ns();
     rd_kafka_flush(rk, left > 5000000000LL ? (int)(left / 1000000) : 5000);
