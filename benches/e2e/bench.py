@@ -709,6 +709,11 @@ def run_rdkperf_group(cmds: list[list[str]], ready_timeout: float, run_timeout: 
         return g.start(ready_timeout).finish(run_timeout)
 
 
+def group_seconds(res: list[dict]) -> float:
+    """Wall time of an rdkperf group: first start to last end over every process."""
+    return (max(r["t_end_ns"] for r in res) - min(r["t_start_ns"] for r in res)) / 1e9
+
+
 def _tail_file(f, n: int = 400) -> str:
     try:
         f.flush()
@@ -789,18 +794,24 @@ class Bench:
             f"{f', client {self._client_cpu:.2f}' if self._client_cpu is not None else ''})")
         return out
 
+    def _produce_cmd(self, exe: str, broker: Broker, topic: str, size: int, *extra: str) -> list[str]:
+        """An `rdkperf produce` with the throughput runs' settings (linger.ms,
+        batch.size, producer id acquired first, released by GO) plus `extra`."""
+        a = self.a
+        return [exe, "produce", "-b", broker.bootstrap, "-t", topic, "-s", str(size),
+                "--linger-ms", f"{a.linger_ms:g}", "--batch-size", str(a.batch_bytes),
+                "--warmup-topic", WARMUP_TOPIC, "--wait-go", *extra]
+
     def _rdkperf_produce(self, broker: Broker, client: str, topic: str, size: int, per: list[int]):
         """One rdkperf process per producer, each round-robin over every
         partition; released together; wall time = first produce to last
         delivery report over all of them."""
         a = self.a
         exe = self.rdk[client]["bin"]
-        cmds = [[exe, "produce", "-b", broker.bootstrap, "-t", topic, "-n", str(n), "-s", str(size),
-                 "--linger-ms", f"{a.linger_ms:g}", "--batch-size", str(a.batch_bytes),
-                 "--warmup-topic", WARMUP_TOPIC, "--wait-go", "--max-seconds", f"{a.max_run_seconds:g}"]
+        cmds = [self._produce_cmd(exe, broker, topic, size, "-n", str(n), "--max-seconds", f"{a.max_run_seconds:g}")
                 for n in per if n > 0]
         res = run_rdkperf_group(cmds, ready_timeout=60, run_timeout=a.max_run_seconds + 60, work=self.work)
-        elapsed = (max(r["t_end_ns"] for r in res) - min(r["t_start_ns"] for r in res)) / 1e9
+        elapsed = group_seconds(res)
         errors = sum(r["errors"] for r in res)
         truncated = any(r["truncated"] for r in res)
         detail = "; ".join(r["first_error"] for r in res if r.get("first_error"))
@@ -921,7 +932,7 @@ class Bench:
                          "-p", ",".join(map(str, g)), "--idle-seconds", f"{a.idle_seconds:g}",
                          "--wait-go", "--max-seconds", f"{a.max_run_seconds:g}"])
         res = run_rdkperf_group(cmds, ready_timeout=60, run_timeout=a.max_run_seconds + 60, work=self.work)
-        elapsed = (max(r["t_end_ns"] for r in res) - min(r["t_start_ns"] for r in res)) / 1e9
+        elapsed = group_seconds(res)
         self._client_cpu = sum(r.get("cpu_s", 0.0) for r in res)
         return (sum(r["records"] for r in res), sum(r["bytes"] for r in res), elapsed,
                 sum(r["errors"] + (1 if r["truncated"] else 0) for r in res))
@@ -981,25 +992,20 @@ class Bench:
         a = self.a
         exe = self.rdk[client]["bin"]
         create_topic(broker.bootstrap, topic, a.partitions)
-        load = None
         if load_rate > 0:
             load_topic = f"{topic}-load"
             create_topic(broker.bootstrap, load_topic, a.partitions)
             n = max(1, a.lat_load_producers)
             secs = a.lat_warmup_seconds + a.lat_seconds + 1
-            load = RdkperfGroup([[exe, "produce", "-b", broker.bootstrap, "-t", load_topic, "-s", str(size),
-                                  "--rate", f"{load_rate / n:.0f}", "--seconds", f"{secs:g}",
-                                  "--linger-ms", f"{a.linger_ms:g}", "--batch-size", str(a.batch_bytes),
-                                  "--warmup-topic", WARMUP_TOPIC, "--wait-go",
-                                  "--max-seconds", f"{secs + 60:g}"] for _ in range(n)], self.work)
+            load = RdkperfGroup([self._produce_cmd(exe, broker, load_topic, size, "--rate", f"{load_rate / n:.0f}",
+                                                   "--seconds", f"{secs:g}", "--max-seconds", f"{secs + 60:g}")
+                                 for _ in range(n)], self.work)
             with load:
                 load.start(ready_timeout=60)
                 out = self._latency_run(broker, client, exe, topic, size, rate, label)
                 res = load.finish(run_timeout=120)
-            t0 = min(r["t_start_ns"] for r in res)
-            t1 = max(r["t_end_ns"] for r in res)
-            acked = sum(r["records"] for r in res)
-            achieved = acked / ((t1 - t0) / 1e9) if t1 > t0 else 0.0
+            took = group_seconds(res)
+            achieved = sum(r["records"] for r in res) / took if took > 0 else 0.0
             out["load"] = {"producers": n, "target_rate": load_rate, "achieved_rate": achieved,
                            "errors": sum(r["errors"] for r in res),
                            "client_cpu_s": sum(r.get("cpu_s", 0.0) for r in res)}
@@ -1021,16 +1027,13 @@ class Bench:
         exe = self.rdk[client]["bin"]
         create_topic(broker.bootstrap, topic, a.partitions)
         n = max(1, a.lat_load_producers)
-        cmds = [[exe, "produce", "-b", broker.bootstrap, "-t", topic, "-s", str(size), "-n", str(10**10),
-                 "--seconds", f"{a.lat_seconds:g}", "--linger-ms", f"{a.linger_ms:g}",
-                 "--batch-size", str(a.batch_bytes), "--warmup-topic", WARMUP_TOPIC, "--wait-go",
-                 "--max-seconds", f"{a.lat_seconds + 60:g}"] for _ in range(n)]
+        cmds = [self._produce_cmd(exe, broker, topic, size, "-n", str(10**10), "--seconds", f"{a.lat_seconds:g}",
+                                  "--max-seconds", f"{a.lat_seconds + 60:g}") for _ in range(n)]
         cpu0 = broker.cpu()
         res = run_rdkperf_group(cmds, ready_timeout=60, run_timeout=a.lat_seconds + 90, work=self.work)
         cpu1 = broker.cpu()
-        t0 = min(r["t_start_ns"] for r in res)
-        t1 = max(r["t_end_ns"] for r in res)
-        rate = sum(r["records"] for r in res) / ((t1 - t0) / 1e9) if t1 > t0 else 0.0
+        secs = group_seconds(res)
+        rate = sum(r["records"] for r in res) / secs if secs > 0 else 0.0
         log(f"  {broker.name} sustained produce 100 B for {a.lat_seconds:g} s by {n} producers: {rate:,.0f} rec/s "
             f"(CPU-s broker {(cpu1 or 0) - (cpu0 or 0):.2f}, client {sum(r.get('cpu_s', 0.0) for r in res):.2f})")
         return rate

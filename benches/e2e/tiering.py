@@ -185,7 +185,7 @@ def produce(a, b: bench.Broker, topic: str, size: int, count: int, payload: str)
     cpu0 = b.cpu()
     res = bench.run_rdkperf_group(cmds, ready_timeout=60, run_timeout=a.max_run_seconds + 60, work=a.work)
     cpu1 = b.cpu()
-    secs = (max(r["t_end_ns"] for r in res) - min(r["t_start_ns"] for r in res)) / 1e9
+    secs = bench.group_seconds(res)
     acked = sum(r["records"] for r in res)
     out = {"topic": topic, "record_bytes": size, "payload": payload, "requested": count, "acked": acked,
            "errors": sum(r["errors"] for r in res), "truncated": any(r["truncated"] for r in res),

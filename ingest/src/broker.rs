@@ -37,22 +37,6 @@ use crate::IngestConfig;
 
 /// (partition, fetch offset, partition max bytes) per topic of a Fetch.
 type FetchWanted = Vec<(String, Vec<(i32, i64, usize)>)>;
-/// Resolves when any of `rxs` sees a new value; never for a partition that
-/// was deleted (its next read reports that) or when there are none.
-async fn any_changed(rxs: &mut [tokio::sync::watch::Receiver<i64>]) {
-    if rxs.is_empty() {
-        return std::future::pending().await;
-    }
-    let waits = rxs.iter_mut().map(|rx| {
-        Box::pin(async move {
-            if rx.changed().await.is_err() {
-                std::future::pending::<()>().await;
-            }
-        })
-    });
-    futures::future::select_all(waits).await;
-}
-
 /// Records read from the archive for a fetch, by (topic, partition).
 type ColdReads = std::collections::HashMap<(String, i32), Result<Bytes, String>>;
 /// A partition's append outcome, by (topic index, partition index).
@@ -1152,6 +1136,22 @@ fn read_fetch(
 /// holds this worker's other tasks too, until another worker steals them.
 fn page_cache_io<T>(f: impl FnOnce() -> T) -> T {
     f()
+}
+
+/// Resolves when any of `rxs` sees a new value; never for a partition that
+/// was deleted (its next read reports that) or when there are none.
+async fn any_changed(rxs: &mut [tokio::sync::watch::Receiver<i64>]) {
+    if rxs.is_empty() {
+        return std::future::pending().await;
+    }
+    let waits = rxs.iter_mut().map(|rx| {
+        Box::pin(async move {
+            if rx.changed().await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        })
+    });
+    futures::future::select_all(waits).await;
 }
 
 /// Whether every partition a fetch wants is read in its active segment,

@@ -710,11 +710,12 @@ async fn the_archive_of_a_topic_deleted_while_stopped_is_purged_at_start() {
 /// /proc/thread-self/stat (fields 19 and 41).
 #[cfg(target_os = "linux")]
 fn own_priority() -> (i64, u32) {
-    let stat = std::fs::read_to_string("/proc/thread-self/stat").unwrap();
-    let rest: Vec<&str> = stat[stat.rfind(')').unwrap() + 2..]
-        .split_whitespace()
-        .collect();
-    (rest[16].parse().unwrap(), rest[38].parse().unwrap())
+    use crate::tierer::thread_stat_field;
+    // Nice values below 0 do not occur here: conversion only lowers them.
+    (
+        thread_stat_field(19).unwrap() as i64,
+        thread_stat_field(41).unwrap() as u32,
+    )
 }
 
 #[cfg(target_os = "linux")]
@@ -763,13 +764,8 @@ async fn a_partition_with_a_large_backlog_converts_at_low_priority() {
 #[test]
 fn the_cpu_gate_holds_conversions_while_every_core_is_busy() {
     use crate::tierer::CpuGate;
-    let cores = std::fs::read_to_string("/proc/stat")
-        .unwrap()
-        .lines()
-        .skip(1)
-        .filter(|l| l.starts_with("cpu"))
-        .count();
     let mut gate = CpuGate::with_max_wait(std::time::Duration::from_secs(20));
+    let cores = gate.cores();
     // Every core spins for 1.5 s.
     let stop_at = std::time::Instant::now() + std::time::Duration::from_millis(1500);
     let spinners: Vec<_> = (0..cores)

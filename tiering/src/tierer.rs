@@ -319,6 +319,13 @@ impl Tierer {
             if seg.next_offset <= m.end_offset {
                 continue;
             }
+            if seg.base_offset < m.end_offset {
+                return Err(ArchiveError::Corrupt(format!(
+                    "local segment {} overlaps the archive, which ends at {}",
+                    seg.path.display(),
+                    m.end_offset
+                )));
+            }
             let priority = match self.config.priority {
                 ConversionPriority::Idle if backlog > self.config.idle_backlog_bytes => {
                     inc(&self.archive.metrics.backlog_conversions, 1);
@@ -327,13 +334,6 @@ impl Tierer {
                 other => other,
             };
             backlog = backlog.saturating_sub(seg.size_bytes);
-            if seg.base_offset < m.end_offset {
-                return Err(ArchiveError::Corrupt(format!(
-                    "local segment {} overlaps the archive, which ends at {}",
-                    seg.path.display(),
-                    m.end_offset
-                )));
-            }
             m = self.archive_segment(topic, p, &m, &seg, priority).await?;
             out.uploaded += 1;
         }
@@ -360,7 +360,7 @@ impl Tierer {
         let max_batch =
             p.config().max_message_bytes.max(1 << 20) + sediment_log::batch::LOG_OVERHEAD;
         let pacer = self.pacer.clone();
-        let metrics = self.archive.clone();
+        let archive = self.archive.clone();
         let decoder = self
             .config
             .value_columns
@@ -386,7 +386,7 @@ impl Tierer {
                     if let Some(g) = &mut gate {
                         let waited = g.wait();
                         if !waited.is_zero() {
-                            inc(&metrics.metrics.conversion_wait_ms, waited.as_millis() as u64);
+                            inc(&archive.metrics.conversion_wait_ms, waited.as_millis() as u64);
                         }
                     }
                 };
@@ -599,9 +599,8 @@ impl CpuTicks {
             return None;
         }
         let cores = lines.filter(|l| l.starts_with("cpu")).count().max(1);
-        let me = std::fs::read_to_string("/proc/thread-self/stat").ok()?;
-        let rest: Vec<&str> = me.get(me.rfind(')')? + 2..)?.split_whitespace().collect();
-        let own = rest.get(11)?.parse::<u64>().ok()? + rest.get(12)?.parse::<u64>().ok()?;
+        // utime and stime: fields 14 and 15.
+        let own = thread_stat_field(14)? + thread_stat_field(15)?;
         Some((
             CpuTicks {
                 idle: v[3] + v[4],
@@ -613,7 +612,22 @@ impl CpuTicks {
     }
 }
 
+/// Field `n` (1-based, as in proc(5)) of the calling thread's
+/// `/proc/thread-self/stat`, as a number.
+pub(crate) fn thread_stat_field(n: usize) -> Option<u64> {
+    let stat = std::fs::read_to_string("/proc/thread-self/stat").ok()?;
+    // Fields 1-2 are the id and "(name)", and the name may hold spaces.
+    let rest = stat.get(stat.rfind(')')? + 2..)?;
+    rest.split_whitespace().nth(n.checked_sub(3)?)?.parse().ok()
+}
+
 impl CpuGate {
+    /// CPUs the machine's idle time is counted over.
+    #[cfg(test)]
+    pub(crate) fn cores(&self) -> usize {
+        self.cores as usize
+    }
+
     pub(crate) fn new() -> Self {
         Self::with_max_wait(Duration::from_secs(30))
     }
