@@ -560,7 +560,7 @@ const GATE_MIN_IDLE_CORES: f64 = 0.5;
 /// Holds an idle-priority conversion while the rest of the machine keeps
 /// the cores busy. `SCHED_IDLE` alone does not: on a machine whose producers
 /// keep both cores nearly busy, a conversion still ran in every short gap
-/// and took 35% of produce throughput (BENCHMARKS.md, tiering). Every
+/// and took 36% of produce throughput (BENCHMARKS.md, tiering). Every
 /// [`GATE_SAMPLE`] the gate reads the machine's idle CPU time and this
 /// thread's own (Linux `/proc/stat`, `/proc/thread-self/stat`); while the
 /// two together come to less than [`GATE_MIN_IDLE_CORES`], it sleeps. A
