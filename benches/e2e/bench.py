@@ -81,6 +81,43 @@ def proc_cpu_seconds(pid: int) -> float | None:
         return None
 
 
+def proc_thread_cpu(pid: int) -> dict[int, tuple[str, float]]:
+    """utime+stime of each live thread of a process: tid -> (name, seconds)."""
+    out: dict[int, tuple[str, float]] = {}
+    tick = os.sysconf("SC_CLK_TCK")
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return out
+    for tid in tids:
+        try:
+            stat = Path(f"/proc/{pid}/task/{tid}/stat").read_text()
+            name = stat[stat.index("(") + 1:stat.rindex(")")]
+            fields = stat.rsplit(")", 1)[1].split()
+            out[int(tid)] = (name, (int(fields[11]) + int(fields[12])) / tick)
+        except (OSError, IndexError, ValueError):
+            continue
+    return out
+
+
+def thread_cpu_delta(before: dict[int, tuple[str, float]], after: dict[int, tuple[str, float]],
+                     total_s: float | None) -> dict[str, float]:
+    """CPU-s spent between two proc_thread_cpu samples, by thread name with
+    trailing digits and dashes folded (tokio-runtime-w, sediment-flush-,
+    tier-...); threads that ended in between are "(exited)"."""
+    by: dict[str, float] = {}
+    for tid, (name, s) in after.items():
+        d = s - before.get(tid, (name, 0.0))[1]
+        if d > 0:
+            key = "tier-*" if name.startswith("tier-") else re.sub(r"[-\d]+$", "", name) or name
+            by[key] = by.get(key, 0.0) + d
+    if total_s is not None:
+        rest = total_s - sum(by.values())
+        if rest > 0.005:
+            by["(exited)"] = rest
+    return dict(sorted(by.items(), key=lambda kv: -kv[1]))
+
+
 def proc_peak_rss_mb(pid: int) -> float | None:
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():

@@ -9,7 +9,13 @@
 # `rdkperf latency` (100 B records, acks=all, idempotent, linger.ms=$LINGER,
 # default 1; 2 s warm-up, SECONDS measured, default 8), prints produce->ack
 # and produce->consume p50/p99/p999, the broker's CPU seconds over the run
-# and its fsync-duration histogram, stops the broker and removes the data.
+# and the broker's latency histograms (request durations of Produce and
+# Fetch, produce durable wait, flush queue wait, fsync) as p50/p99 bucket
+# bounds, stops the broker and removes the data.
+#
+# LOAD=N adds N records/s of 100 B from two paced rdkperf producers
+# (linger.ms=10, the throughput runs' settings) on a 4-partition topic
+# `load` for the whole run: bench.py's half-load level by hand.
 #
 # RDKPERF: the rdkperf binary (default: built once into /tmp/rdkperf-latency from
 # rdkperf.c, linked to the librdkafka bundled with the test venv's
@@ -38,6 +44,18 @@ for _ in $(seq 100); do (echo >/dev/tcp/127.0.0.1/19092) 2>/dev/null && break; s
 "$BIN" --bootstrap-server 127.0.0.1:19092 topic create lat-warm --partitions 1 >/dev/null
 cpu() { awk -v hz="$(getconf CLK_TCK)" '{ print ($14 + $15) / hz }' "/proc/$BP/stat"; }
 CPU0=$(cpu)
+LOAD=${LOAD:-0}
+LOADERS=()
+if [ "$LOAD" != 0 ]; then
+  "$BIN" --bootstrap-server 127.0.0.1:19092 topic create load --partitions 4 >/dev/null
+  for _ in 1 2; do
+    "$RDKPERF" produce -b 127.0.0.1:19092 -t load -n 10000000000 -s 100 --rate $((LOAD / 2)) \
+      --seconds $((SECS + 6)) --linger-ms 10 --batch-size 1000000 --max-seconds $((SECS + 60)) \
+      >"$D/load.$_.json" 2>/dev/null &
+    LOADERS+=($!)
+  done
+  sleep 1
+fi
 "$RDKPERF" latency -b 127.0.0.1:19092 -t lat -s 100 --rate "$RATE" --seconds "$SECS" --warmup 2 \
   --drain 3 --linger-ms "$LINGER" --from beginning --warmup-topic lat-warm --max-seconds 60 2>/dev/null |
   tail -n 1 | python3 -c "
@@ -47,13 +65,29 @@ print('partitions %d, %.0f rec/s: ack p50/p99/p999 %.2f / %.2f / %.2f ms, produc
     d['partitions'], d['achieved_rate'], d['ack_p50_ms'], d['ack_p99_ms'], d['ack_p999_ms'],
     d['p50_ms'], d['p99_ms'], d['p999_ms'], d['ack_samples']))"
 echo "broker CPU-s: $(python3 -c "print(round($(cpu) - $CPU0, 2))")"
+for p in "${LOADERS[@]}"; do wait "$p" || true; done
+if [ "$LOAD" != 0 ]; then
+  cat "$D"/load.*.json | python3 -c "
+import json, sys
+rs = [json.loads(l) for l in sys.stdin if l.startswith('{')]
+t = (max(r['t_end_ns'] for r in rs) - min(r['t_start_ns'] for r in rs)) / 1e9
+print('load: %.0f rec/s asked, %.0f achieved' % ($LOAD, sum(r['records'] for r in rs) / t))"
+fi
 curl -s 127.0.0.1:19093/metrics | python3 -c "
-import sys
-b = {}
+import re, sys
+h = {}
 for line in sys.stdin:
-    if line.startswith('sediment_fsync_duration_seconds'):
-        k, v = line.rsplit(None, 1)
-        b[k] = float(v)
-n = b.get('sediment_fsync_duration_seconds_count', 0)
-under = [(le, b.get('sediment_fsync_duration_seconds_bucket{le=\"%s\"}' % le, 0)) for le in ('0.001', '0.002', '0.004', '0.008')]
-print('fsyncs %d; ' % n + ', '.join('%.1f%% under %s s' % (c / n * 100, le) for le, c in under) if n else 'no fsyncs')"
+    m = re.match(r'(sediment_\w+)_bucket\{(?:api=\"(\w+)\",)?le=\"([^\"]+)\"\} (\S+)', line)
+    if m:
+        name, api, le, n = m.groups()
+        h.setdefault((name, api), []).append((float('inf') if le == '+Inf' else float(le), float(n)))
+def q(b, f):
+    n = b[-1][1]
+    return next(le for le, c in b if c >= f * n)
+for key in [('sediment_request_duration_seconds', 'Produce'), ('sediment_request_duration_seconds', 'Fetch'),
+            ('sediment_produce_durable_wait_seconds', None), ('sediment_flush_queue_wait_seconds', None),
+            ('sediment_fsync_duration_seconds', None)]:
+    b = h.get(key)
+    if b and b[-1][1]:
+        print('%-45s n %8d  p50 <= %g ms  p99 <= %g ms  p99.9 <= %g ms' % (
+            key[0][9:] + ('{' + key[1] + '}' if key[1] else ''), b[-1][1], q(b, .5) * 1e3, q(b, .99) * 1e3, q(b, .999) * 1e3))"

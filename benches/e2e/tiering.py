@@ -182,9 +182,9 @@ def produce(a, b: bench.Broker, topic: str, size: int, count: int, payload: str)
              "--payload", payload, "--linger-ms", f"{a.linger_ms:g}", "--batch-size", str(a.batch_bytes),
              "--warmup-topic", WARMUP_TOPIC, "--wait-go", "--max-seconds", f"{a.max_run_seconds:g}"]
             for n in per if n > 0]
-    cpu0 = b.cpu()
+    cpu0, threads0 = b.cpu(), bench.proc_thread_cpu(b.proc.pid)
     res = bench.run_rdkperf_group(cmds, ready_timeout=60, run_timeout=a.max_run_seconds + 60, work=a.work)
-    cpu1 = b.cpu()
+    cpu1, threads1 = b.cpu(), bench.proc_thread_cpu(b.proc.pid)
     secs = bench.group_seconds(res)
     acked = sum(r["records"] for r in res)
     out = {"topic": topic, "record_bytes": size, "payload": payload, "requested": count, "acked": acked,
@@ -195,12 +195,14 @@ def produce(a, b: bench.Broker, topic: str, size: int, count: int, payload: str)
            "client_cpu_s": sum(r.get("cpu_s", 0.0) for r in res)}
     if out["broker_cpu_s"] is not None and secs > 0:
         out["broker_cores"] = out["broker_cpu_s"] / secs
+        out["broker_threads_cpu_s"] = bench.thread_cpu_delta(threads0, threads1, out["broker_cpu_s"])
     if out["errors"] or out["truncated"] or acked != count:
         out["warning"] = (f"acked {acked:,} of {count:,}, {out['errors']} errors"
                           f"{', truncated' if out['truncated'] else ''}"
                           f"{': ' + res[0]['first_error'] if res[0].get('first_error') else ''}")
     log(f"  produce {topic}: {out['records_per_s']:,.0f} rec/s, {out['MBps']:.1f} MB/s ({acked:,} in "
-        f"{secs:.2f}s; CPU-s broker {out['broker_cpu_s'] or 0:.2f}, client {out['client_cpu_s']:.2f})"
+        f"{secs:.2f}s; CPU-s broker {out['broker_cpu_s'] or 0:.2f}, client {out['client_cpu_s']:.2f}; "
+        f"broker threads {', '.join(f'{k} {v:.2f}' for k, v in out.get('broker_threads_cpu_s', {}).items())})"
         f"{' ⚠ ' + out['warning'] if 'warning' in out else ''}")
     return out
 

@@ -422,6 +422,8 @@ impl Broker {
         let wait = self.log.config().flush_policy == FlushPolicy::Fsync;
         let timeout = Duration::from_millis(req.timeout_ms.max(0) as u64).min(MAX_PRODUCE_WAIT);
         let topic_names: Vec<_> = req.topic_data.iter().map(|t| t.name.clone()).collect();
+        let appended_at = Instant::now();
+        let broker = self.clone();
         Handled::Later(Box::pin(async move {
             let mut resp = ProduceResponse::default();
             resp.responses = topic_names
@@ -467,6 +469,12 @@ impl Broker {
                     ),
                 };
                 resp.responses[ti].partition_responses.push(pr);
+            }
+            if wait {
+                broker
+                    .metrics()
+                    .produce_durable_wait
+                    .record(appended_at.elapsed());
             }
             Some(ResponseKind::Produce(resp))
         }))

@@ -11,6 +11,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::Broker;
+use sediment_log::Histogram;
 
 const API_SLOTS: usize = 128;
 
@@ -18,6 +19,10 @@ const API_SLOTS: usize = 128;
 #[derive(Debug)]
 pub struct Metrics {
     requests: [AtomicU64; API_SLOTS],
+    /// From a request's last byte read to its response's last byte written.
+    request_latency: [Histogram; API_SLOTS],
+    /// Produce with acks=1/all: from the append to the data being durable.
+    pub produce_durable_wait: Histogram,
     pub bytes_in: AtomicU64,
     pub bytes_out: AtomicU64,
     pub connections: AtomicI64,
@@ -28,6 +33,8 @@ impl Default for Metrics {
     fn default() -> Self {
         Metrics {
             requests: std::array::from_fn(|_| AtomicU64::new(0)),
+            request_latency: std::array::from_fn(|_| Histogram::default()),
+            produce_durable_wait: Histogram::default(),
             bytes_in: AtomicU64::new(0),
             bytes_out: AtomicU64::new(0),
             connections: AtomicI64::new(0),
@@ -40,6 +47,12 @@ impl Metrics {
     pub fn count_request(&self, api: ApiKey) {
         if let Some(c) = self.requests.get(api as usize) {
             c.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    pub fn record_request(&self, api: ApiKey, took: std::time::Duration) {
+        if let Some(h) = self.request_latency.get(api as usize) {
+            h.record(took);
         }
     }
 
@@ -167,25 +180,38 @@ impl Metrics {
                 archive.cache_bytes() as i64,
             );
         }
-        let (buckets, count, sum_us) = broker.log().fsync_latency().snapshot();
-        let _ = writeln!(out, "# HELP sediment_fsync_duration_seconds Duration of segment fdatasync calls.\n# TYPE sediment_fsync_duration_seconds histogram");
-        for (bound_us, n) in buckets {
-            let _ = writeln!(
-                out,
-                "sediment_fsync_duration_seconds_bucket{{le=\"{}\"}} {n}",
-                bound_us as f64 / 1e6
-            );
+        let _ = writeln!(out, "# HELP sediment_request_duration_seconds Kafka requests, from the last byte of the request read to the last byte of the response written, by API.\n# TYPE sediment_request_duration_seconds histogram");
+        for api in ApiKey::iter() {
+            if let Some(h) = self.request_latency.get(api as usize) {
+                histogram(
+                    &mut out,
+                    "sediment_request_duration_seconds",
+                    &format!("api=\"{api:?}\""),
+                    h,
+                );
+            }
         }
-        let _ = writeln!(
-            out,
-            "sediment_fsync_duration_seconds_bucket{{le=\"+Inf\"}} {count}"
-        );
-        let _ = writeln!(
-            out,
-            "sediment_fsync_duration_seconds_sum {}",
-            sum_us as f64 / 1e6
-        );
-        let _ = writeln!(out, "sediment_fsync_duration_seconds_count {count}");
+        let histograms = [
+            (
+                "sediment_produce_durable_wait_seconds",
+                "Produce requests with acks=1/all: from the append to the data being durable (fdatasync).",
+                &self.produce_durable_wait,
+            ),
+            (
+                "sediment_flush_queue_wait_seconds",
+                "From a partition's queueing for fdatasync to a flusher thread taking it.",
+                broker.log().flush_queue_wait(),
+            ),
+            (
+                "sediment_fsync_duration_seconds",
+                "Duration of segment fdatasync calls.",
+                broker.log().fsync_latency(),
+            ),
+        ];
+        for (name, help, h) in histograms {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
+            histogram(&mut out, name, "", h);
+        }
         type Getter = fn(&sediment_log::Partition) -> i64;
         let gauges: [(&str, &str, &str, Getter); 9] = [
             (
@@ -295,4 +321,32 @@ pub async fn serve_metrics(listener: TcpListener, broker: Arc<Broker>, cancel: C
         let _ = stream.write_all(response.as_bytes()).await;
         let _ = stream.shutdown().await;
     }
+}
+
+/// Writes one histogram's samples (cumulative buckets, sum, count) under
+/// `labels` (`k="v",...` or empty); nothing if it has never been recorded
+/// into and has labels.
+fn histogram(out: &mut String, name: &str, labels: &str, h: &Histogram) {
+    let (buckets, count, sum_us) = h.snapshot();
+    if count == 0 && !labels.is_empty() {
+        return;
+    }
+    let braces = |extra: &str| {
+        let all: Vec<&str> = [labels, extra]
+            .into_iter()
+            .filter(|l| !l.is_empty())
+            .collect();
+        if all.is_empty() {
+            String::new()
+        } else {
+            format!("{{{}}}", all.join(","))
+        }
+    };
+    for (bound_us, n) in buckets {
+        let le = format!("le=\"{}\"", bound_us as f64 / 1e6);
+        let _ = writeln!(out, "{name}_bucket{} {n}", braces(&le));
+    }
+    let _ = writeln!(out, "{name}_bucket{} {count}", braces("le=\"+Inf\""));
+    let _ = writeln!(out, "{name}_sum{} {}", braces(""), sum_us as f64 / 1e6);
+    let _ = writeln!(out, "{name}_count{} {count}", braces(""));
 }

@@ -12,6 +12,7 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::Instant;
 
 use bytes::{BufMut, Bytes, BytesMut};
 use kafka_protocol::messages::{ApiKey, RequestHeader, RequestKind, ResponseHeader, ResponseKind};
@@ -86,10 +87,12 @@ async fn connection(
     broker.metrics().connections.fetch_add(1, Ordering::Relaxed);
     let _open = ConnectionGauge(broker.clone());
     let (mut rd, mut wr) = stream.into_split();
-    let (tx, mut rx) = mpsc::channel::<Pending>(MAX_IN_FLIGHT);
+    // Responses go out in request order; each carries its API and when its
+    // request was read, for the request-duration histogram.
+    let (tx, mut rx) = mpsc::channel::<(ApiKey, Instant, Pending)>(MAX_IN_FLIGHT);
     let wbroker = broker.clone();
     let writer = tokio::spawn(async move {
-        while let Some(pending) = rx.recv().await {
+        while let Some((api, read_at, pending)) = rx.recv().await {
             if let Some(bytes) = pending.await {
                 wbroker
                     .metrics()
@@ -100,6 +103,7 @@ async fn connection(
                     return;
                 }
             }
+            wbroker.metrics().record_request(api, read_at.elapsed());
         }
         let _ = wr.shutdown().await;
     });
@@ -136,6 +140,7 @@ async fn connection(
                 .metrics()
                 .bytes_in
                 .fetch_add(len as u64 + 4, Ordering::Relaxed);
+            let read_at = Instant::now();
             let pending = match handle_frame(&broker, body.freeze(), peer).await {
                 Ok(p) => p,
                 Err(e) => {
@@ -146,7 +151,7 @@ async fn connection(
                     return Err(e);
                 }
             };
-            if tx.send(pending).await.is_err() {
+            if tx.send((pending.0, read_at, pending.1)).await.is_err() {
                 return Ok(());
             }
         }
@@ -170,7 +175,7 @@ async fn handle_frame(
     broker: &Arc<Broker>,
     mut body: Bytes,
     peer: SocketAddr,
-) -> Result<Pending, ConnError> {
+) -> Result<(ApiKey, Pending), ConnError> {
     let api_raw = i16::from_be_bytes([body[0], body[1]]);
     let version = i16::from_be_bytes([body[2], body[3]]);
     let api = ApiKey::try_from(api_raw).map_err(|_| ConnError::UnknownApi(api_raw))?;
@@ -185,7 +190,7 @@ async fn handle_frame(
             let resp = broker
                 .api_versions_response(kafka_protocol::ResponseError::UnsupportedVersion.code());
             let bytes = encode_response(api, 0, correlation_id, &ResponseKind::ApiVersions(resp))?;
-            return Ok(Box::pin(async move { Some(bytes) }));
+            return Ok((api, Box::pin(async move { Some(bytes) })));
         }
         return Err(ConnError::UnsupportedVersion { api, version });
     }
@@ -199,12 +204,12 @@ async fn handle_frame(
     let correlation_id = header.correlation_id;
     broker.metrics().count_request(api);
     tracing::trace!(%peer, ?api, version, correlation_id, "request");
-    match broker.handle(header, peer, request, version).await {
+    let pending: Pending = match broker.handle(header, peer, request, version).await {
         Handled::Now(resp) => {
             let bytes = encode_response(api, version, correlation_id, &resp)?;
-            Ok(Box::pin(async move { Some(bytes) }))
+            Box::pin(async move { Some(bytes) })
         }
-        Handled::Later(fut) => Ok(Box::pin(async move {
+        Handled::Later(fut) => Box::pin(async move {
             let resp = fut.await?;
             match encode_response(api, version, correlation_id, &resp) {
                 Ok(b) => Some(b),
@@ -213,9 +218,10 @@ async fn handle_frame(
                     None
                 }
             }
-        })),
-        Handled::NoResponse => Ok(Box::pin(async { None })),
-    }
+        }),
+        Handled::NoResponse => Box::pin(async { None }),
+    };
+    Ok((api, pending))
 }
 
 /// Frames a response: length, header (version chosen by the API), body.

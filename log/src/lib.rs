@@ -45,7 +45,7 @@ mod segment;
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 pub use config::{TimestampType, TopicConfig, CONFIG_NAMES, MAX_SEGMENT_BYTES};
 pub use manager::{LogConfig, LogManager, Topic, TopicMeta};
@@ -132,16 +132,22 @@ impl LogError {
     }
 }
 
+/// Partitions queued for fsync, each with when it was queued.
+type Queued = VecDeque<(Arc<Partition>, Instant)>;
+
 /// Partitions with unsynced appends, served by the flusher threads.
 #[derive(Debug, Default)]
 pub struct FlushQueue {
-    queue: parking_lot::Mutex<(VecDeque<Arc<Partition>>, bool)>,
+    /// The queue, and whether the log is closing.
+    queue: parking_lot::Mutex<(Queued, bool)>,
     cv: parking_lot::Condvar,
+    /// From a partition's queueing to a flusher taking it.
+    wait: Histogram,
 }
 
 impl FlushQueue {
     pub fn push(&self, p: Arc<Partition>) {
-        self.queue.lock().0.push_back(p);
+        self.queue.lock().0.push_back((p, Instant::now()));
         self.cv.notify_one();
     }
 
@@ -149,7 +155,8 @@ impl FlushQueue {
     fn pop(&self) -> Option<Arc<Partition>> {
         let mut q = self.queue.lock();
         loop {
-            if let Some(p) = q.0.pop_front() {
+            if let Some((p, at)) = q.0.pop_front() {
+                self.wait.record(at.elapsed());
                 return Some(p);
             }
             if q.1 {
@@ -160,7 +167,16 @@ impl FlushQueue {
     }
 
     fn drain(&self) -> Vec<Arc<Partition>> {
-        self.queue.lock().0.drain(..).collect()
+        let now = Instant::now();
+        self.queue
+            .lock()
+            .0
+            .drain(..)
+            .map(|(p, at)| {
+                self.wait.record(now.duration_since(at));
+                p
+            })
+            .collect()
     }
 
     fn shutdown(&self) {
@@ -182,8 +198,9 @@ pub struct Histogram {
 }
 
 /// Upper bounds of the histogram buckets, in microseconds.
-pub const HISTOGRAM_BOUNDS_US: [u64; 12] = [
-    100, 250, 500, 1_000, 2_000, 4_000, 8_000, 16_000, 32_000, 64_000, 128_000, 512_000,
+pub const HISTOGRAM_BOUNDS_US: [u64; 20] = [
+    50, 100, 250, 500, 750, 1_000, 1_500, 2_000, 3_000, 4_000, 6_000, 8_000, 16_000, 32_000,
+    64_000, 128_000, 512_000, 1_000_000, 5_000_000, 30_000_000,
 ];
 
 impl Default for Histogram {

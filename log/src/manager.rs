@@ -329,6 +329,11 @@ impl LogManager {
         &self.fsync_latency
     }
 
+    /// From a partition's queueing for fsync to a flusher thread taking it.
+    pub fn flush_queue_wait(&self) -> &crate::Histogram {
+        &self.flush_queue.wait
+    }
+
     /// Bytes of sealed-segment index entries in memory.
     pub fn index_cache_bytes(&self) -> usize {
         self.index_cache.used_bytes()

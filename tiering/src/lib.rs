@@ -22,6 +22,7 @@ use object_store::ObjectStore;
 use parking_lot::RwLock;
 
 pub mod convert;
+mod gate;
 pub mod manifest;
 mod reader;
 pub use reader::ArchiveRead;

@@ -710,7 +710,7 @@ async fn the_archive_of_a_topic_deleted_while_stopped_is_purged_at_start() {
 /// /proc/thread-self/stat (fields 19 and 41).
 #[cfg(target_os = "linux")]
 fn own_priority() -> (i64, u32) {
-    use crate::tierer::thread_stat_field;
+    use crate::gate::thread_stat_field;
     // Nice values below 0 do not occur here: conversion only lowers them.
     (
         thread_stat_field(19).unwrap() as i64,
@@ -763,35 +763,104 @@ async fn a_partition_with_a_large_backlog_converts_at_low_priority() {
 #[cfg(target_os = "linux")]
 #[test]
 fn the_cpu_gate_holds_conversions_while_every_core_is_busy() {
-    use crate::tierer::CpuGate;
-    let mut gate = CpuGate::with_max_wait(std::time::Duration::from_secs(20));
+    use crate::gate::CpuGate;
+    use std::time::{Duration, Instant};
+    let gate = CpuGate::new();
     let cores = gate.cores();
     // Every core spins for 1.5 s.
-    let stop_at = std::time::Instant::now() + std::time::Duration::from_millis(1500);
+    let stop_at = Instant::now() + Duration::from_millis(1500);
     let spinners: Vec<_> = (0..cores)
         .map(|_| {
             std::thread::spawn(move || {
                 let mut x = 0u64;
-                while std::time::Instant::now() < stop_at {
+                while Instant::now() < stop_at {
                     x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(7));
                 }
                 x
             })
         })
         .collect();
-    std::thread::sleep(std::time::Duration::from_millis(300));
-    let started = std::time::Instant::now();
-    let slept = gate.wait();
-    let took = started.elapsed();
+    std::thread::sleep(Duration::from_millis(300));
+    // A conversion that starts on a busy machine is held at its first
+    // call: it does not get its first MiB through before the first sample.
+    let mut pass = gate.pass(Duration::from_secs(20));
+    let started = Instant::now();
+    let slept = pass.wait();
+    let resumed = Instant::now();
     for s in spinners {
         s.join().unwrap();
     }
     assert!(
-        slept >= std::time::Duration::from_millis(500),
+        slept >= Duration::from_millis(500),
         "the gate let a conversion run while {cores} cores were busy (slept {slept:?})"
     );
-    // It opened after the spinners stopped, long before its limit.
-    assert!(took < std::time::Duration::from_secs(15), "{took:?}");
-    // And it does not sample again within the same 100 ms.
-    assert!(gate.wait().is_zero());
+    // It opened only after several idle samples in a row (at least two
+    // whole ones after the spinners stopped), long before its limit.
+    assert!(
+        resumed >= stop_at + Duration::from_millis(150),
+        "resumed {:?} after the cores went idle",
+        resumed.saturating_duration_since(stop_at)
+    );
+    assert!(started.elapsed() < Duration::from_secs(15));
+    // Within the same 100 ms an open gate does not sample again.
+    assert!(pass.wait().is_zero());
+}
+
+#[test]
+fn the_cpu_gate_decides_from_samples_with_hysteresis() {
+    use crate::gate::{GateState, MachineTicks, Verdict, GATE_SAMPLE, GATE_STALE};
+    use std::time::{Duration, Instant};
+    // Two cores; 10 ticks per core per 100 ms window.
+    let t0 = Instant::now();
+    let at = |ms: u64| t0 + Duration::from_millis(ms);
+    let mut idle = 0;
+    let mut total = 0;
+    // One window of 20 ticks, `idle_ticks` of them idle.
+    let mut window = |idle_ticks: u64| {
+        idle += idle_ticks;
+        total += 20;
+        MachineTicks { idle, total }
+    };
+    let mut g = GateState::default();
+    let wait = Some(Verdict::Wait(GATE_SAMPLE));
+    // The first call starts a window and decides at its end.
+    assert_eq!(g.check(at(0), 2.0, || Some(window(0))), wait);
+    let no_read = || -> Option<MachineTicks> { panic!("sampled within a window") };
+    assert_eq!(
+        g.check(at(40), 2.0, no_read),
+        Some(Verdict::Wait(Duration::from_millis(60)))
+    );
+    // Busy (1 idle tick of 20: 0.1 core): held.
+    assert_eq!(g.check(at(100), 2.0, || Some(window(1))), wait);
+    // Two spare windows (1 core idle) are not enough to reopen...
+    assert_eq!(g.check(at(200), 2.0, || Some(window(10))), wait);
+    assert_eq!(g.check(at(300), 2.0, || Some(window(10))), wait);
+    // ...a busy one starts the count again...
+    assert_eq!(g.check(at(400), 2.0, || Some(window(2))), wait);
+    assert_eq!(g.check(at(500), 2.0, || Some(window(10))), wait);
+    assert_eq!(g.check(at(600), 2.0, || Some(window(10))), wait);
+    // ...and the third spare window in a row opens it.
+    assert_eq!(
+        g.check(at(700), 2.0, || Some(window(10))),
+        Some(Verdict::Go)
+    );
+    // Open and fresh: go without sampling.
+    assert_eq!(g.check(at(750), 2.0, no_read), Some(Verdict::Go));
+    // CPU the conversions report counts as spare: the machine was busy only
+    // with tiering (20 of 20 ticks), so the gate stays open.
+    g.report(20);
+    assert_eq!(g.check(at(800), 2.0, || Some(window(0))), Some(Verdict::Go));
+    // Open, one busy window closes it at once.
+    assert_eq!(g.check(at(900), 2.0, || Some(window(0))), wait);
+    // A stale sample is not trusted either way: a new window starts.
+    let later = 900 + GATE_STALE.as_millis() as u64 + 1;
+    assert_eq!(g.check(at(later), 2.0, || Some(window(20))), wait);
+    // And one spare window at its end is enough: the old hold is forgotten.
+    assert_eq!(
+        g.check(at(later + 100), 2.0, || Some(window(20))),
+        Some(Verdict::Go)
+    );
+    // No /proc: no verdict (the caller goes on).
+    let mut blind = GateState::default();
+    assert_eq!(blind.check(at(0), 2.0, || None), None);
 }

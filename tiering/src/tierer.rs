@@ -32,6 +32,7 @@ use sediment_log::{LogManager, Partition, SegmentInfo, Topic};
 use tokio_util::sync::CancellationToken;
 
 use crate::convert::{self, FileIdentity};
+use crate::gate::CpuGate;
 use crate::manifest::{ArchiveFile, Manifest};
 use crate::{inc, now_ms, Archive, ArchiveError};
 
@@ -118,6 +119,8 @@ pub struct Tierer {
     /// The archive has been checked for topics deleted while stopped.
     swept: std::sync::atomic::AtomicBool,
     pacer: Option<Arc<Pacer>>,
+    /// Holds idle-priority conversions while the machine is busy.
+    gate: Arc<CpuGate>,
 }
 
 impl std::fmt::Debug for Tierer {
@@ -153,6 +156,7 @@ impl Tierer {
             archive,
             log,
             pacer,
+            gate: Arc::new(CpuGate::new()),
             config,
             backoff: Mutex::new(HashMap::new()),
             known: Mutex::new(HashMap::new()),
@@ -360,6 +364,7 @@ impl Tierer {
         let max_batch =
             p.config().max_message_bytes.max(1 << 20) + sediment_log::batch::LOG_OVERHEAD;
         let pacer = self.pacer.clone();
+        let cpu_gate = self.gate.clone();
         let archive = self.archive.clone();
         let decoder = self
             .config
@@ -378,7 +383,8 @@ impl Tierer {
                     topic_id: &topic_id,
                     partition,
                 };
-                let mut gate = (priority == ConversionPriority::Idle).then(CpuGate::new);
+                let mut gate =
+                    (priority == ConversionPriority::Idle).then(|| cpu_gate.pass(GATE_MAX_WAIT));
                 let mut pace = |bytes: u64| {
                     if let Some(p) = &pacer {
                         p.take(bytes);
@@ -390,6 +396,9 @@ impl Tierer {
                         }
                     }
                 };
+                // Ask the gate before the first byte too: a conversion does
+                // not start on a busy machine.
+                pace(0);
                 convert::segment_to_parquet(input, &id, max_batch, typed, output, &mut pace)
             };
             match convert(decoder.as_deref()) {
@@ -551,131 +560,8 @@ impl Tierer {
     }
 }
 
-/// How often a [`CpuGate`] looks at the machine's CPU time.
-const GATE_SAMPLE: Duration = Duration::from_millis(100);
-/// Idle CPU, in cores, that the rest of the machine must leave for an
-/// idle-priority conversion to go on.
-const GATE_MIN_IDLE_CORES: f64 = 0.5;
-
-/// Holds an idle-priority conversion while the rest of the machine keeps
-/// the cores busy. `SCHED_IDLE` alone does not: on a machine whose producers
-/// keep both cores nearly busy, a conversion still ran in every short gap
-/// and took 36% of produce throughput (BENCHMARKS.md, tiering). Every
-/// [`GATE_SAMPLE`] the gate reads the machine's idle CPU time and this
-/// thread's own (Linux `/proc/stat`, `/proc/thread-self/stat`); while the
-/// two together come to less than [`GATE_MIN_IDLE_CORES`], it sleeps. A
-/// conversion waits at most `max_wait` in all, so a machine that is never
-/// idle slows tiering down without stopping it (and a partition whose
-/// backlog passes the idle limit converts at low priority, ungated).
-pub(crate) struct CpuGate {
-    last: Option<(Instant, CpuTicks)>,
-    cores: f64,
-    waited: Duration,
-    max_wait: Duration,
-}
-
-#[derive(Debug, Clone, Copy)]
-struct CpuTicks {
-    /// Machine-wide idle + iowait.
-    idle: u64,
-    /// Machine-wide, every state.
-    total: u64,
-    /// This thread's user + system.
-    own: u64,
-}
-
-impl CpuTicks {
-    fn read() -> Option<(CpuTicks, usize)> {
-        let stat = std::fs::read_to_string("/proc/stat").ok()?;
-        let mut lines = stat.lines();
-        let v: Vec<u64> = lines
-            .next()?
-            .split_whitespace()
-            .skip(1)
-            .take(8) // user nice system idle iowait irq softirq steal
-            .filter_map(|x| x.parse().ok())
-            .collect();
-        if v.len() < 5 {
-            return None;
-        }
-        let cores = lines.filter(|l| l.starts_with("cpu")).count().max(1);
-        // utime and stime: fields 14 and 15.
-        let own = thread_stat_field(14)? + thread_stat_field(15)?;
-        Some((
-            CpuTicks {
-                idle: v[3] + v[4],
-                total: v.iter().sum(),
-                own,
-            },
-            cores,
-        ))
-    }
-}
-
-/// Field `n` (1-based, as in proc(5)) of the calling thread's
-/// `/proc/thread-self/stat`, as a number.
-pub(crate) fn thread_stat_field(n: usize) -> Option<u64> {
-    let stat = std::fs::read_to_string("/proc/thread-self/stat").ok()?;
-    // Fields 1-2 are the id and "(name)", and the name may hold spaces.
-    let rest = stat.get(stat.rfind(')')? + 2..)?;
-    rest.split_whitespace().nth(n.checked_sub(3)?)?.parse().ok()
-}
-
-impl CpuGate {
-    /// CPUs the machine's idle time is counted over.
-    #[cfg(test)]
-    pub(crate) fn cores(&self) -> usize {
-        self.cores as usize
-    }
-
-    pub(crate) fn new() -> Self {
-        Self::with_max_wait(Duration::from_secs(30))
-    }
-
-    pub(crate) fn with_max_wait(max_wait: Duration) -> Self {
-        let now = CpuTicks::read();
-        CpuGate {
-            last: now.map(|(t, _)| (Instant::now(), t)),
-            cores: now.map_or(1.0, |(_, c)| c as f64),
-            waited: Duration::ZERO,
-            max_wait,
-        }
-    }
-
-    /// Returns at once unless a sample is due and says the machine is busy;
-    /// then sleeps until it is not (or `max_wait` is used up). Returns how
-    /// long it slept.
-    pub(crate) fn wait(&mut self) -> Duration {
-        let mut slept = Duration::ZERO;
-        loop {
-            let Some((at, prev)) = self.last else {
-                return slept; // no /proc: never gate
-            };
-            if self.waited >= self.max_wait || at.elapsed() < GATE_SAMPLE {
-                return slept;
-            }
-            let Some((now, _)) = CpuTicks::read() else {
-                self.last = None;
-                return slept;
-            };
-            self.last = Some((Instant::now(), now));
-            let total = now.total.saturating_sub(prev.total);
-            if total == 0 {
-                return slept;
-            }
-            let spare = (now.idle.saturating_sub(prev.idle) + now.own.saturating_sub(prev.own))
-                as f64
-                / total as f64
-                * self.cores;
-            if spare >= GATE_MIN_IDLE_CORES {
-                return slept;
-            }
-            std::thread::sleep(GATE_SAMPLE);
-            slept += GATE_SAMPLE;
-            self.waited += GATE_SAMPLE;
-        }
-    }
-}
+/// The longest a conversion waits for an idle machine, in all.
+const GATE_MAX_WAIT: Duration = Duration::from_secs(30);
 
 /// Nice value of [`ConversionPriority::Low`] conversion threads: when the
 /// cores are busy, produce and fetch win most of the time and tiering waits
