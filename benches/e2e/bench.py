@@ -46,6 +46,7 @@ import tempfile
 import time
 import types
 import traceback
+import urllib.request
 import uuid
 from pathlib import Path
 
@@ -116,6 +117,22 @@ def thread_cpu_delta(before: dict[int, tuple[str, float]], after: dict[int, tupl
         if rest > 0.005:
             by["(exited)"] = rest
     return dict(sorted(by.items(), key=lambda kv: -kv[1]))
+
+
+def histogram_quantiles(before: dict, after: dict, name: str) -> dict | None:
+    """Samples and the bucket bounds (ms) holding p50/p99/p999 of what a
+    histogram recorded between two Broker.histograms() scrapes."""
+    b1 = after.get(name)
+    if not b1:
+        return None
+    b0 = dict(before.get(name, []))
+    diff = [(le, n - b0.get(le, 0.0)) for le, n in b1]
+    total = diff[-1][1]
+    if total <= 0:
+        return None
+    q = {f"p{k}_le_ms": next(le for le, n in diff if n >= f * total) * 1e3
+         for k, f in (("50", .5), ("99", .99), ("999", .999))}
+    return {"samples": int(total), **q}
 
 
 def proc_peak_rss_mb(pid: int) -> float | None:
@@ -313,10 +330,11 @@ def measure_loopback(seconds: float) -> dict:
 
 
 class Broker:
-    def __init__(self, name: str, cmd: list[str], port: int, log_path: Path):
+    def __init__(self, name: str, cmd: list[str], port: int, log_path: Path, metrics_addr: str | None = None):
         self.name = name
         self.cmd = cmd
         self.port = port
+        self.metrics_addr = metrics_addr
         self.bootstrap = f"127.0.0.1:{port}"
         self.log_path = log_path
         self.proc: subprocess.Popen | None = None
@@ -342,6 +360,23 @@ class Broker:
 
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
+
+    def histograms(self) -> dict[str, list[tuple[float, float]]]:
+        """Sediment's latency histograms (cumulative (le, count) buckets), by
+        name and label: {} without a metrics endpoint."""
+        if not self.metrics_addr:
+            return {}
+        try:
+            with urllib.request.urlopen(f"http://{self.metrics_addr}/metrics", timeout=10) as r:
+                text = r.read().decode()
+        except OSError:
+            return {}
+        out: dict[str, list[tuple[float, float]]] = {}
+        for m in re.finditer(r'^(sediment_\w+)_bucket\{(?:(api="\w+"),)?le="([^"]+)"\} (\S+)$', text, re.M):
+            name, api, le, n = m.groups()
+            out.setdefault(name + (f"{{{api}}}" if api else ""), []).append(
+                (float("inf") if le == "+Inf" else float(le), float(n)))
+        return out
 
     def cpu(self) -> float | None:
         return proc_cpu_seconds(self.proc.pid) if self.alive() else None
@@ -1026,6 +1061,24 @@ class Bench:
         like the throughput runs (linger.ms=--linger-ms) add that many
         records/s of 100 B to another fresh topic for the whole run, so the
         latency records measure a broker carrying `rate + load_rate`."""
+        hist0 = broker.histograms()
+        out = self._latency_level(broker, client, topic, size, rate, label, load_rate)
+        hist1 = broker.histograms()
+        side = {k: q for k, name in (("produce_request", "sediment_request_duration_seconds{api=\"Produce\"}"),
+                                     ("fetch_request", "sediment_request_duration_seconds{api=\"Fetch\"}"),
+                                     ("durable_wait", "sediment_produce_durable_wait_seconds"),
+                                     ("flush_queue_wait", "sediment_flush_queue_wait_seconds"),
+                                     ("fsync", "sediment_fsync_duration_seconds"))
+                if (q := histogram_quantiles(hist0, hist1, name))}
+        if side:
+            out["broker_side"] = side
+            log(f"  {broker.name} broker side at {label} (bucket bounds, every client's requests): " + "; ".join(
+                f"{k} p50/p99/p999 <= {v['p50_le_ms']:g} / {v['p99_le_ms']:g} / {v['p999_le_ms']:g} ms "
+                f"({v['samples']:,})" for k, v in side.items()))
+        return out
+
+    def _latency_level(self, broker: Broker, client: str, topic: str, size: int, rate: float,
+                       label: str, load_rate: float) -> dict:
         a = self.a
         exe = self.rdk[client]["bin"]
         create_topic(broker.bootstrap, topic, a.partitions)
@@ -1314,6 +1367,11 @@ def table(results: dict) -> str:
                      lat_cell(tlv.get(lb), ""), ""))
         rows.append((f"produce→ack p50/p99/p999, 100 B @ {lb}", lat_cell(slv.get(lb), "ack_"),
                      lat_cell(tlv.get(lb), "ack_"), fsync_ceiling))
+        side = (slv.get(lb) or {}).get("broker_side", {}).get("produce_request")
+        if side:
+            rows.append((f"Sediment's own Produce request time p50/p99/p999 @ {lb} (histogram bucket bounds)",
+                         f"≤ {side['p50_le_ms']:g} / {side['p99_le_ms']:g} / {side['p999_le_ms']:g} ms "
+                         f"({side['samples']:,} requests)", "", ""))
     rows.append(("broker peak RSS, MB",
                  f"{sed['peak_rss_mb']:,.0f}" if sed.get("peak_rss_mb") else "n/a",
                  f"{tan['peak_rss_mb']:,.0f}" if tan.get("peak_rss_mb") else "n/a", ""))
@@ -1557,17 +1615,20 @@ def main(argv=None) -> int:
         bench = Bench(a, work, rdk)
         for name in a.brokers:
             port = free_port()
+            metrics_addr = None
             if name == "sediment":
                 data = work / "sediment-data"
+                metrics_addr = f"127.0.0.1:{free_port()}"
                 cmd = [a.sediment_bin, "serve", "--data-dir", str(data),
                        "--kafka-addr", f"127.0.0.1:{port}", "--pg-addr", f"127.0.0.1:{free_port()}",
+                       "--metrics-addr", metrics_addr,
                        "--flush-policy", a.flush_policy, "--group-initial-rebalance-delay-ms", "0"]
             else:
                 cmd = [a.tansu_bin, "broker", "--listener-url", f"tcp://127.0.0.1:{port}",
                        "--advertised-listener-url", f"tcp://127.0.0.1:{port}",
                        "--storage-engine", "memory://tansu/"]
             log(f"== {name}")
-            broker = Broker(name, cmd, port, work / f"{name}.log")
+            broker = Broker(name, cmd, port, work / f"{name}.log", metrics_addr)
             try:
                 results["brokers"][name] = bench.run_broker(broker)
                 results["brokers"][name]["command"] = " ".join(cmd)

@@ -20,7 +20,11 @@ machine info) and measures:
    remote.storage.enable=false ("hot"), same client, same broker;
 4. produce throughput with tiering running concurrently (16 MiB segments,
    local.retention.bytes=0, `--tiering-interval-ms 100`) vs a topic with
-   remote.storage.enable=false, with the broker's CPU during each;
+   remote.storage.enable=false, with the broker's CPU during each; rounds
+   alternate the order (off/on, on/off, ...), a tiered run is followed by
+   its catch-up, and every run by --produce-cooldown-seconds of idle, so
+   that no run starts on a disk still busy with the one before (on this VM
+   the third 1 GB fsynced run in a row ran at half speed, tiering or not);
 5. same-run ceilings (disk with fdatasync, loopback TCP) and machine info.
 
 A markdown table goes to stdout, progress to stderr, everything to --out.
@@ -426,6 +430,7 @@ def produce_vs_tiering(a) -> dict:
                     out["runs"].append(r)
                     if not b.alive():
                         raise RuntimeError(f"broker died; log:\n{b.tail(20)}")
+                    time.sleep(a.produce_cooldown_seconds)
     finally:
         stop_broker(b, out)
     if not a.keep:
@@ -530,7 +535,7 @@ def markdown(res: dict, a) -> str:
                   f"{a.producers} rdkperf producers, acks=all, idempotent, linger.ms={a.linger_ms:g}, "
                   f"{a.partitions} partitions, segment.bytes={a.produce_segment_bytes}; tiering on = "
                   f"remote.storage.enable=true + local.retention.bytes=0 with --tiering-interval-ms 100; "
-                  f"{a.produce_repeats} run(s) each, alternating order, mean shown; drop = 1 - on / off; "
+                  f"{a.produce_repeats} run(s) each, alternating order, {a.produce_cooldown_seconds:g} s idle after each, mean shown; drop = 1 - on / off; "
                   f"broker cores = broker CPU-s / produce wall time; uploaded = segment bytes uploaded "
                   f"while the producers ran, of all the run's sealed segments.",
                   "",
@@ -615,6 +620,8 @@ def parse_args(argv=None):
     ap.add_argument("--produce-payload", default="text", choices=list(PAYLOADS))
     ap.add_argument("--produce-segment-bytes", type=int, default=16 * MiB)
     ap.add_argument("--produce-repeats", type=int, default=2, help="runs per (size, tiering on/off)")
+    ap.add_argument("--produce-cooldown-seconds", type=float, default=10,
+                    help="idle time after every with/without-tiering run (after a tiered run's catch-up)")
     ap.add_argument("--idle-seconds", type=float, default=5, help="a consumer gives up after this long without data")
     ap.add_argument("--max-run-seconds", type=float, default=180, help="cap on any one produce/consume run")
     ap.add_argument("--poll-seconds", type=float, default=0.2, help="metrics polling period")
