@@ -721,10 +721,15 @@ fn histogram_buckets_are_cumulative() {
     h.record(Duration::from_micros(50));
     h.record(Duration::from_micros(300));
     h.record(Duration::from_secs(5));
+    h.record(Duration::from_secs(60));
     let (buckets, count, sum) = h.snapshot();
-    assert_eq!(count, 3);
-    assert_eq!(buckets[0], (100, 1));
-    assert_eq!(buckets[2], (500, 2));
-    assert_eq!(buckets.last().unwrap().1, 2);
-    assert_eq!(sum, 5_000_350);
+    assert_eq!(count, 4);
+    // A bound is inclusive; each bucket counts everything at or below it.
+    assert_eq!(buckets[0], (50, 1));
+    assert_eq!(buckets[3], (500, 2));
+    let at = |le_us: u64| buckets.iter().find(|b| b.0 == le_us).unwrap().1;
+    assert_eq!(at(5_000_000), 3);
+    // Past the last bound: only in +Inf (the total count).
+    assert_eq!(buckets.last().unwrap(), &(30_000_000, 3));
+    assert_eq!(sum, 65_000_350);
 }
