@@ -73,11 +73,17 @@ def run(cmd: list[str], timeout: float = 60, **kw) -> subprocess.CompletedProces
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env, **kw)
 
 
+def _stat_cpu(path: str) -> tuple[str, float]:
+    """(name, utime+stime in seconds) from a /proc .../stat file."""
+    stat = Path(path).read_text()
+    fields = stat.rsplit(")", 1)[1].split()
+    return stat[stat.index("(") + 1:stat.rindex(")")], (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def proc_cpu_seconds(pid: int) -> float | None:
     """utime+stime of a process, in seconds (None if it is gone)."""
     try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        return _stat_cpu(f"/proc/{pid}/stat")[1]
     except (OSError, IndexError, ValueError):
         return None
 
@@ -85,17 +91,13 @@ def proc_cpu_seconds(pid: int) -> float | None:
 def proc_thread_cpu(pid: int) -> dict[int, tuple[str, float]]:
     """utime+stime of each live thread of a process: tid -> (name, seconds)."""
     out: dict[int, tuple[str, float]] = {}
-    tick = os.sysconf("SC_CLK_TCK")
     try:
         tids = os.listdir(f"/proc/{pid}/task")
     except OSError:
         return out
     for tid in tids:
         try:
-            stat = Path(f"/proc/{pid}/task/{tid}/stat").read_text()
-            name = stat[stat.index("(") + 1:stat.rindex(")")]
-            fields = stat.rsplit(")", 1)[1].split()
-            out[int(tid)] = (name, (int(fields[11]) + int(fields[12])) / tick)
+            out[int(tid)] = _stat_cpu(f"/proc/{pid}/task/{tid}/stat")
         except (OSError, IndexError, ValueError):
             continue
     return out
@@ -117,6 +119,17 @@ def thread_cpu_delta(before: dict[int, tuple[str, float]], after: dict[int, tupl
         if rest > 0.005:
             by["(exited)"] = rest
     return dict(sorted(by.items(), key=lambda kv: -kv[1]))
+
+
+def parse_histograms(text: str) -> dict[str, list[tuple[float, float]]]:
+    """Sediment's histograms in Prometheus text: cumulative (le, count)
+    buckets by name, with the `api` label if any (`name{api="Produce"}`)."""
+    out: dict[str, list[tuple[float, float]]] = {}
+    for m in re.finditer(r'^(sediment_\w+)_bucket\{(?:(api="\w+"),)?le="([^"]+)"\} (\S+)$', text, re.M):
+        name, api, le, n = m.groups()
+        out.setdefault(name + (f"{{{api}}}" if api else ""), []).append(
+            (float("inf") if le == "+Inf" else float(le), float(n)))
+    return out
 
 
 def histogram_quantiles(before: dict, after: dict, name: str) -> dict | None:
@@ -371,12 +384,7 @@ class Broker:
                 text = r.read().decode()
         except OSError:
             return {}
-        out: dict[str, list[tuple[float, float]]] = {}
-        for m in re.finditer(r'^(sediment_\w+)_bucket\{(?:(api="\w+"),)?le="([^"]+)"\} (\S+)$', text, re.M):
-            name, api, le, n = m.groups()
-            out.setdefault(name + (f"{{{api}}}" if api else ""), []).append(
-                (float("inf") if le == "+Inf" else float(le), float(n)))
-        return out
+        return parse_histograms(text)
 
     def cpu(self) -> float | None:
         return proc_cpu_seconds(self.proc.pid) if self.alive() else None

@@ -67,27 +67,18 @@ print('partitions %d, %.0f rec/s: ack p50/p99/p999 %.2f / %.2f / %.2f ms, produc
 echo "broker CPU-s: $(python3 -c "print(round($(cpu) - $CPU0, 2))")"
 for p in "${LOADERS[@]}"; do wait "$p" || true; done
 if [ "$LOAD" != 0 ]; then
-  cat "$D"/load.*.json | python3 -c "
-import json, sys
+  cat "$D"/load.*.json | PYTHONPATH="$HERE" python3 -c "
+import json, sys, bench
 rs = [json.loads(l) for l in sys.stdin if l.startswith('{')]
-t = (max(r['t_end_ns'] for r in rs) - min(r['t_start_ns'] for r in rs)) / 1e9
-print('load: %.0f rec/s asked, %.0f achieved' % ($LOAD, sum(r['records'] for r in rs) / t))"
+print('load: %.0f rec/s asked, %.0f achieved' % ($LOAD, sum(r['records'] for r in rs) / bench.group_seconds(rs)))"
 fi
-curl -s 127.0.0.1:19093/metrics | python3 -c "
-import re, sys
-h = {}
-for line in sys.stdin:
-    m = re.match(r'(sediment_\w+)_bucket\{(?:api=\"(\w+)\",)?le=\"([^\"]+)\"\} (\S+)', line)
-    if m:
-        name, api, le, n = m.groups()
-        h.setdefault((name, api), []).append((float('inf') if le == '+Inf' else float(le), float(n)))
-def q(b, f):
-    n = b[-1][1]
-    return next(le for le, c in b if c >= f * n)
-for key in [('sediment_request_duration_seconds', 'Produce'), ('sediment_request_duration_seconds', 'Fetch'),
-            ('sediment_produce_durable_wait_seconds', None), ('sediment_flush_queue_wait_seconds', None),
-            ('sediment_fsync_duration_seconds', None)]:
-    b = h.get(key)
-    if b and b[-1][1]:
-        print('%-45s n %8d  p50 <= %g ms  p99 <= %g ms  p99.9 <= %g ms' % (
-            key[0][9:] + ('{' + key[1] + '}' if key[1] else ''), b[-1][1], q(b, .5) * 1e3, q(b, .99) * 1e3, q(b, .999) * 1e3))"
+curl -s 127.0.0.1:19093/metrics | PYTHONPATH="$HERE" python3 -c "
+import sys, bench
+h = bench.parse_histograms(sys.stdin.read())
+for name in ['sediment_request_duration_seconds{api=\"Produce\"}', 'sediment_request_duration_seconds{api=\"Fetch\"}',
+             'sediment_produce_durable_wait_seconds', 'sediment_flush_queue_wait_seconds',
+             'sediment_fsync_duration_seconds']:
+    q = bench.histogram_quantiles({}, h, name)
+    if q:
+        print('%-55s n %8d  p50 <= %g ms  p99 <= %g ms  p99.9 <= %g ms' % (
+            name[9:], q['samples'], q['p50_le_ms'], q['p99_le_ms'], q['p999_le_ms']))"

@@ -141,7 +141,7 @@ async fn connection(
                 .bytes_in
                 .fetch_add(len as u64 + 4, Ordering::Relaxed);
             let read_at = Instant::now();
-            let pending = match handle_frame(&broker, body.freeze(), peer).await {
+            let (api, pending) = match handle_frame(&broker, body.freeze(), peer).await {
                 Ok(p) => p,
                 Err(e) => {
                     broker
@@ -151,7 +151,7 @@ async fn connection(
                     return Err(e);
                 }
             };
-            if tx.send((pending.0, read_at, pending.1)).await.is_err() {
+            if tx.send((api, read_at, pending)).await.is_err() {
                 return Ok(());
             }
         }

@@ -69,19 +69,25 @@ impl MachineTicks {
     }
 }
 
-/// Field `n` (1-based, as in proc(5)) of the calling thread's
-/// `/proc/thread-self/stat`, as a number.
-pub(crate) fn thread_stat_field(n: usize) -> Option<u64> {
+/// Fields `ns` (1-based, as in proc(5), ascending, from 3 on) of the
+/// calling thread's `/proc/thread-self/stat`, as numbers, from one read.
+pub(crate) fn thread_stat_fields<const N: usize>(ns: [usize; N]) -> Option<[u64; N]> {
     let stat = std::fs::read_to_string("/proc/thread-self/stat").ok()?;
     // Fields 1-2 are the id and "(name)", and the name may hold spaces.
-    let rest = stat.get(stat.rfind(')')? + 2..)?;
-    rest.split_whitespace().nth(n.checked_sub(3)?)?.parse().ok()
+    let mut rest = stat.get(stat.rfind(')')? + 2..)?.split_whitespace();
+    let mut at = 3;
+    let mut out = [0; N];
+    for (slot, n) in out.iter_mut().zip(ns) {
+        *slot = rest.nth(n.checked_sub(at)?)?.parse().ok()?;
+        at = n + 1;
+    }
+    Some(out)
 }
 
 /// CPU ticks (user + system) the calling thread has used.
 fn own_ticks() -> Option<u64> {
     // utime and stime: fields 14 and 15.
-    Some(thread_stat_field(14)? + thread_stat_field(15)?)
+    thread_stat_fields([14, 15]).map(|[u, s]| u + s)
 }
 
 /// What the gate tells a conversion.

@@ -710,12 +710,9 @@ async fn the_archive_of_a_topic_deleted_while_stopped_is_purged_at_start() {
 /// /proc/thread-self/stat (fields 19 and 41).
 #[cfg(target_os = "linux")]
 fn own_priority() -> (i64, u32) {
-    use crate::gate::thread_stat_field;
     // Nice values below 0 do not occur here: conversion only lowers them.
-    (
-        thread_stat_field(19).unwrap() as i64,
-        thread_stat_field(41).unwrap() as u32,
-    )
+    let [nice, policy] = crate::gate::thread_stat_fields([19, 41]).unwrap();
+    (nice as i64, policy as u32)
 }
 
 #[cfg(target_os = "linux")]
