@@ -36,6 +36,7 @@ pub mod batch;
 mod config;
 pub mod frame;
 mod index;
+pub mod keys;
 mod manager;
 mod partition;
 mod producer;

@@ -23,6 +23,7 @@ use std::time::Duration;
 use parking_lot::{Mutex, RwLock};
 use serde::{Deserialize, Serialize};
 
+use crate::keys::KeyCache;
 use crate::partition::PartitionContext;
 use crate::segment::IndexCache;
 use crate::{frame, now_ms, FlushPolicy, FlushQueue, LogError, Partition, TopicConfig};
@@ -48,6 +49,9 @@ pub struct LogConfig {
     /// Memory for sealed segments' index entries (loaded on use, oldest
     /// dropped first), so memory does not grow with the data kept.
     pub index_cache_bytes: usize,
+    /// Memory for the key hashes of segments that key lookups reached
+    /// (built on use, oldest dropped first; see [`crate::keys`]).
+    pub key_cache_bytes: usize,
     pub node_id: i32,
     /// Sealed segments of topics with `remote.storage.enable` go to an
     /// archive (sediment-tiering), and local retention waits for it.
@@ -62,6 +66,7 @@ impl LogConfig {
             topic_defaults: TopicConfig::default(),
             flush_threads: 4,
             index_cache_bytes: 64 << 20,
+            key_cache_bytes: 64 << 20,
             node_id: 0,
             tiering: false,
         }
@@ -114,6 +119,7 @@ pub struct LogManager {
     admin_lock: Mutex<()>,
     flush_queue: Arc<FlushQueue>,
     index_cache: Arc<IndexCache>,
+    key_cache: Arc<KeyCache>,
     fsync_latency: Arc<crate::Histogram>,
     flushers: Mutex<Vec<JoinHandle<()>>>,
     producer_ids: Mutex<(i64, i64)>,
@@ -230,6 +236,7 @@ impl LogManager {
 
         let flush_queue = Arc::new(FlushQueue::default());
         let index_cache = Arc::new(IndexCache::new(config.index_cache_bytes));
+        let key_cache = Arc::new(KeyCache::new(config.key_cache_bytes));
         let fsync_latency = Arc::new(crate::Histogram::default());
         let now = now_ms();
         let ctx = PartitionContext {
@@ -237,6 +244,7 @@ impl LogManager {
             flush_policy: config.flush_policy,
             flush_queue: flush_queue.clone(),
             index_cache: index_cache.clone(),
+            key_cache: key_cache.clone(),
             leader_epoch: 0,
             clean,
             now_ms: now,
@@ -299,6 +307,7 @@ impl LogManager {
             admin_lock: Mutex::new(()),
             flush_queue,
             index_cache,
+            key_cache,
             fsync_latency,
             flushers: Mutex::new(Vec::new()),
             producer_ids: Mutex::new((pid_start, pid_start)),
@@ -335,6 +344,11 @@ impl LogManager {
     }
 
     /// Bytes of sealed-segment index entries in memory.
+    /// Bytes of segment key sets held for key lookups.
+    pub fn key_cache_bytes(&self) -> usize {
+        self.key_cache.used_bytes()
+    }
+
     pub fn index_cache_bytes(&self) -> usize {
         self.index_cache.used_bytes()
     }
@@ -410,6 +424,7 @@ impl LogManager {
             flush_policy: self.config.flush_policy,
             flush_queue: self.flush_queue.clone(),
             index_cache: self.index_cache.clone(),
+            key_cache: self.key_cache.clone(),
             fsync_latency: self.fsync_latency.clone(),
             leader_epoch: 0,
             clean: true,

@@ -32,6 +32,7 @@ use tokio::sync::watch;
 use crate::batch::{self, BatchHeader};
 use crate::config::{TimestampType, TopicConfig};
 use crate::index::SegmentIndex;
+use crate::keys::{key_hash, KeyCache, KeySet};
 use crate::producer::{ProducerState, SequenceCheck};
 use crate::segment::{self, IndexCache, Segment, LOG_SUFFIX};
 use crate::{frame, FlushPolicy, FlushQueue, LogError};
@@ -144,6 +145,7 @@ pub struct Partition {
     inner: Mutex<Inner>,
     hw_tx: watch::Sender<i64>,
     index_cache: Arc<IndexCache>,
+    key_cache: Arc<KeyCache>,
     fsync_latency: Arc<crate::Histogram>,
     leader_epoch: i32,
     flush_policy: FlushPolicy,
@@ -190,6 +192,7 @@ pub struct PartitionContext {
     pub flush_policy: FlushPolicy,
     pub flush_queue: Arc<FlushQueue>,
     pub index_cache: Arc<IndexCache>,
+    pub key_cache: Arc<KeyCache>,
     pub fsync_latency: Arc<crate::Histogram>,
     pub leader_epoch: i32,
     /// The previous run stopped cleanly (index files and snapshots current).
@@ -381,6 +384,7 @@ impl Partition {
             }),
             hw_tx,
             index_cache: ctx.index_cache.clone(),
+            key_cache: ctx.key_cache.clone(),
             fsync_latency: ctx.fsync_latency.clone(),
             leader_epoch: ctx.leader_epoch,
             flush_policy: ctx.flush_policy,
@@ -996,6 +1000,95 @@ impl Partition {
             }
         }
         Ok(None)
+    }
+
+    /// The parts of offsets `[from, to)` that may hold a record whose key
+    /// hashes ([`crate::keys::key_hash`]) to one of `hashes`: one range per
+    /// segment whose key set has one of them, adjacent ranges merged.
+    /// Builds or extends the segments' key sets as needed (reading their
+    /// committed batches once); a segment whose set cannot be built is kept
+    /// whole, as are offsets below the local start, so no matching record
+    /// is ever left out. Blocking I/O.
+    pub fn key_ranges(&self, hashes: &[u64], from: i64, to: i64) -> Vec<(i64, i64)> {
+        let (segments, hw) = {
+            let inner = self.inner.lock();
+            (inner.segments.clone(), inner.high_watermark)
+        };
+        let mut out: Vec<(i64, i64)> = Vec::new();
+        // Offsets that left the local log since the caller planned (retention
+        // after archiving) are kept whole: the caller reads them elsewhere.
+        let local_start = segments.first().map_or(hw, |s| s.base_offset);
+        if from < local_start.min(to) {
+            out.push((from, local_start.min(to)));
+        }
+        for (i, seg) in segments.iter().enumerate() {
+            let seg_end = segments.get(i + 1).map_or(hw, |s| s.base_offset.min(hw));
+            let (lo, hi) = (from.max(seg.base_offset), to.min(seg_end));
+            if lo >= hi {
+                continue;
+            }
+            let (may_hold, grew) = {
+                let mut slot = seg.keys.lock();
+                let set = slot.get_or_insert_with(|| KeySet::new(seg.base_offset));
+                let grew = set.next_offset < hi;
+                if grew {
+                    match self.key_hashes(seg, set.next_offset, seg_end) {
+                        Ok((added, next)) => set.extend(added, next),
+                        Err(e) => tracing::warn!(
+                            topic = %self.topic, partition = self.id, segment = seg.base_offset,
+                            error = %e, "cannot index the segment's keys; reading it whole"
+                        ),
+                    }
+                }
+                seg.key_bytes.store(set.bytes(), Ordering::Release);
+                // Offsets the set does not cover yet may hold anything.
+                let may_hold = set.next_offset < hi || hashes.iter().any(|h| set.contains(*h));
+                (may_hold, grew)
+            };
+            if grew {
+                self.key_cache.admit(seg);
+            }
+            if may_hold {
+                match out.last_mut() {
+                    Some(last) if last.1 == lo => last.1 = hi,
+                    _ => out.push((lo, hi)),
+                }
+            }
+        }
+        out
+    }
+
+    /// Key hashes of the committed records of `seg` from offset `from` (a
+    /// batch boundary) to `end` (its next segment's base or the high
+    /// watermark), and the offset they reach.
+    fn key_hashes(&self, seg: &Segment, from: i64, end: i64) -> Result<(Vec<u64>, i64), LogError> {
+        let corrupt = |h: &BatchHeader, e: crate::records::RecordError| LogError::Corrupt {
+            path: seg.path.clone(),
+            position: 0,
+            reason: format!("batch at offset {}: {e}", h.base_offset),
+        };
+        let mut hashes = Vec::new();
+        let mut pos = from;
+        while pos < end {
+            let chunk = self.read(pos, 1 << 20, true)?.records;
+            let before = pos;
+            for (at, h) in batch::BatchIter::new(&chunk, chunk.len(), false) {
+                if h.base_offset >= end {
+                    break;
+                }
+                if !h.is_control() {
+                    let raw = &chunk[at..at + h.size];
+                    let payload = crate::records::payload(raw, &h).map_err(|e| corrupt(&h, e))?;
+                    let recs = crate::records::decode(&h, &payload).map_err(|e| corrupt(&h, e))?;
+                    hashes.extend(recs.iter().filter_map(|r| r.key.map(key_hash)));
+                }
+                pos = h.next_offset();
+            }
+            if pos <= before {
+                break;
+            }
+        }
+        Ok((hashes, pos))
     }
 
     /// The largest timestamp in the partition and its offset (ListOffsets -3).

@@ -9,13 +9,14 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
 
 use parking_lot::{Mutex, RwLock};
 
 use crate::batch::{self, BatchHeader, BATCH_HEADER_LEN};
 use crate::index::SegmentIndex;
+use crate::keys::KeySet;
 use crate::{frame, LogError};
 
 pub const LOG_SUFFIX: &str = "log";
@@ -47,6 +48,12 @@ pub struct Segment {
     index_on_disk: AtomicBool,
     /// The index entries are in memory.
     entries_loaded: AtomicBool,
+    /// Hashes of the records' keys, built by the first key lookup that
+    /// reaches this segment ([`crate::keys`]); `None` until then or after
+    /// the key cache dropped it.
+    pub(crate) keys: Mutex<Option<KeySet>>,
+    /// Bytes of `keys`, as last accounted to the key cache.
+    pub(crate) key_bytes: AtomicUsize,
 }
 
 /// Bounds the memory held by sealed segments' index entries: entries are
@@ -126,6 +133,8 @@ impl Segment {
             created_ms: now_ms,
             index_on_disk: AtomicBool::new(false),
             entries_loaded: AtomicBool::new(true),
+            keys: Mutex::new(None),
+            key_bytes: AtomicUsize::new(0),
         })
     }
 
@@ -149,6 +158,8 @@ impl Segment {
             created_ms: now_ms,
             index_on_disk: AtomicBool::new(false),
             entries_loaded: AtomicBool::new(true),
+            keys: Mutex::new(None),
+            key_bytes: AtomicUsize::new(0),
         })
     }
 

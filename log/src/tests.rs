@@ -733,3 +733,104 @@ fn histogram_buckets_are_cumulative() {
     assert_eq!(buckets.last().unwrap(), &(30_000_000, 3));
     assert_eq!(sum, 65_000_350);
 }
+
+#[test]
+fn key_ranges_keep_only_segments_holding_the_key_and_follow_the_active_segment() {
+    use crate::keys::key_hash;
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = LogConfig::new(dir.path());
+    cfg.key_cache_bytes = 1 << 20;
+    let log = LogManager::open(cfg).unwrap();
+    let t = log
+        .create_topic(
+            "t",
+            1,
+            configs(&[("segment.bytes", "1024"), ("retention.ms", "-1")]),
+        )
+        .unwrap();
+    let p = &t.partitions[0];
+    // 40 batches of 5 records: keys k<batch>, one null key per batch.
+    for b in 0..40 {
+        let key = format!("k{b}");
+        let recs: Vec<batch::SimpleRecord<'_>> = (0..5)
+            .map(|i| {
+                let k = (i < 4).then_some(key.as_bytes());
+                (k, Some(&b"value-value-value"[..]), 1000 + b)
+            })
+            .collect();
+        p.append(&batch::encode_simple(&recs), 0).unwrap();
+    }
+    p.flush().unwrap();
+    assert_eq!(p.high_watermark(), 200);
+    let segs = p.segments();
+    assert!(segs.len() >= 4, "{} segments", segs.len());
+    let holding = |offset: i64| {
+        segs.iter()
+            .find(|s| s.base_offset <= offset && offset < s.next_offset)
+            .map(|s| (s.base_offset, s.next_offset))
+            .unwrap()
+    };
+    // k7 is at offsets 35..39: exactly its segment.
+    let (lo, hi) = holding(35);
+    assert_eq!(
+        p.key_ranges(&[key_hash(b"k7")], 0, 200),
+        vec![(lo, hi.min(200))]
+    );
+    // Narrower asked ranges clip it; a range before it is empty.
+    assert_eq!(p.key_ranges(&[key_hash(b"k7")], 36, 37), vec![(36, 37)]);
+    assert!(p.key_ranges(&[key_hash(b"k7")], 0, lo).is_empty());
+    // Absent keys: nothing to read. Two keys: both segments.
+    assert!(p.key_ranges(&[key_hash(b"nope")], 0, 200).is_empty());
+    let two = p.key_ranges(&[key_hash(b"k0"), key_hash(b"k39")], 0, 200);
+    assert_eq!(two.first().unwrap().0, 0);
+    assert_eq!(two.last().unwrap().1, 200);
+    assert!(two.len() <= 2);
+    assert!(log.key_cache_bytes() > 0);
+    // New records in the active segment are found after the set was built,
+    // and records past the high watermark are not asked for.
+    let recs = [(Some(&b"late"[..]), Some(&b"v"[..]), 5000)];
+    p.append(&batch::encode_simple(&recs), 0).unwrap();
+    p.flush().unwrap();
+    let last = p.segments().last().unwrap().base_offset;
+    assert_eq!(
+        p.key_ranges(&[key_hash(b"late")], 0, 201),
+        vec![(last, 201)]
+    );
+}
+
+#[test]
+fn key_sets_stay_within_the_key_cache_budget_and_stay_correct_after_eviction() {
+    use crate::keys::key_hash;
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = LogConfig::new(dir.path());
+    cfg.key_cache_bytes = 600;
+    let log = LogManager::open(cfg).unwrap();
+    let t = log
+        .create_topic(
+            "t",
+            1,
+            configs(&[("segment.bytes", "2048"), ("retention.ms", "-1")]),
+        )
+        .unwrap();
+    let p = &t.partitions[0];
+    for i in 0..300 {
+        let key = format!("key-{i}");
+        let recs = [(Some(key.as_bytes()), Some(&b"value"[..]), i)];
+        p.append(&batch::encode_simple(&recs), 0).unwrap();
+    }
+    p.flush().unwrap();
+    assert!(p.segment_count() >= 5, "{}", p.segment_count());
+    for round in 0..2 {
+        for i in (0..300).step_by(37) {
+            let r = p.key_ranges(&[key_hash(format!("key-{i}").as_bytes())], 0, 300);
+            assert_eq!(r.len(), 1, "round {round} key-{i}: {r:?}");
+            assert!(r[0].0 <= i && i < r[0].1, "round {round} key-{i}: {r:?}");
+            // The set just used is kept even if alone over the budget.
+            assert!(
+                log.key_cache_bytes() <= 600 + 2048,
+                "{}",
+                log.key_cache_bytes()
+            );
+        }
+    }
+}

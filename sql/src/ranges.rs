@@ -26,6 +26,10 @@ pub struct Bounds {
     /// Timestamps in `[ts_lo, ts_hi]` (ms since the epoch).
     pub ts_lo: i64,
     pub ts_hi: i64,
+    /// `None`: any key. Otherwise only rows whose `key` is one of these can
+    /// match (from `key = ...` and `key IN (...)`). Never exact: it prunes
+    /// hot segments by their key sets, and the rows are still filtered.
+    pub keys: Option<BTreeSet<Vec<u8>>>,
 }
 
 impl Default for Bounds {
@@ -36,6 +40,7 @@ impl Default for Bounds {
             offset_hi: i64::MAX,
             ts_lo: i64::MIN,
             ts_hi: i64::MAX,
+            keys: None,
         }
     }
 }
@@ -58,6 +63,7 @@ impl Bounds {
         self.offset_lo >= self.offset_hi
             || self.ts_lo > self.ts_hi
             || self.partitions.as_ref().is_some_and(BTreeSet::is_empty)
+            || self.keys.as_ref().is_some_and(BTreeSet::is_empty)
     }
 
     pub fn has_partition(&self, p: i32) -> bool {
@@ -97,6 +103,27 @@ impl Bounds {
     /// Narrows the bounds by `e`; true when `e` is exactly those bounds.
     fn apply(&mut self, e: &Expr) -> bool {
         match e {
+            Expr::BinaryExpr(BinaryExpr {
+                left,
+                op: Operator::Eq,
+                right,
+            }) if key_column(left) || key_column(right) => {
+                let value = if key_column(left) { right } else { left };
+                if let Some(k) = bytes_literal(value) {
+                    self.restrict_keys(BTreeSet::from([k]));
+                }
+                false
+            }
+            Expr::BinaryExpr(BinaryExpr {
+                op: Operator::Or, ..
+            }) => {
+                // `key = a OR key = b ...` (what DataFusion makes of a short
+                // `key IN (...)`).
+                if let Some(keys) = key_alternatives(e) {
+                    self.restrict_keys(keys);
+                }
+                false
+            }
             Expr::BinaryExpr(BinaryExpr { left, op, right }) => {
                 if let (Some(col), Some(v)) = (column(left), literal(right)) {
                     self.compare(col, *op, v)
@@ -121,6 +148,13 @@ impl Bounds {
                 } else {
                     false
                 }
+            }
+            Expr::InList(list) if !list.negated && key_column(&list.expr) => {
+                let keys: Option<BTreeSet<Vec<u8>>> = list.list.iter().map(bytes_literal).collect();
+                if let Some(keys) = keys {
+                    self.restrict_keys(keys);
+                }
+                false
             }
             Expr::InList(list) if !list.negated && column(&list.expr) == Some("partition") => {
                 // Values that are no partition number match no partition.
@@ -161,6 +195,13 @@ impl Bounds {
             }
             _ => false,
         }
+    }
+
+    fn restrict_keys(&mut self, values: BTreeSet<Vec<u8>>) {
+        self.keys = Some(match self.keys.take() {
+            None => values,
+            Some(s) => s.intersection(&values).cloned().collect(),
+        });
     }
 
     fn restrict_partitions(&mut self, values: BTreeSet<i32>) {
@@ -210,6 +251,54 @@ fn column(e: &Expr) -> Option<&str> {
     }
 }
 
+/// The keys of a disjunction whose every term is `key = literal`.
+fn key_alternatives(e: &Expr) -> Option<BTreeSet<Vec<u8>>> {
+    match e {
+        Expr::BinaryExpr(BinaryExpr {
+            left,
+            op: Operator::Or,
+            right,
+        }) => {
+            let mut keys = key_alternatives(left)?;
+            keys.extend(key_alternatives(right)?);
+            Some(keys)
+        }
+        Expr::BinaryExpr(BinaryExpr {
+            left,
+            op: Operator::Eq,
+            right,
+        }) if key_column(left) => bytes_literal(right).map(|k| BTreeSet::from([k])),
+        Expr::BinaryExpr(BinaryExpr {
+            left,
+            op: Operator::Eq,
+            right,
+        }) if key_column(right) => bytes_literal(left).map(|k| BTreeSet::from([k])),
+        _ => None,
+    }
+}
+
+fn key_column(e: &Expr) -> bool {
+    column(e) == Some("key")
+}
+
+/// The bytes of a binary or text literal (a key compared as bytes); a NULL
+/// or other literal gives none.
+fn bytes_literal(e: &Expr) -> Option<Vec<u8>> {
+    let Expr::Literal(v, _) = e else {
+        return None;
+    };
+    match v {
+        ScalarValue::Binary(Some(b))
+        | ScalarValue::LargeBinary(Some(b))
+        | ScalarValue::BinaryView(Some(b))
+        | ScalarValue::FixedSizeBinary(_, Some(b)) => Some(b.clone()),
+        ScalarValue::Utf8(Some(s))
+        | ScalarValue::LargeUtf8(Some(s))
+        | ScalarValue::Utf8View(Some(s)) => Some(s.as_bytes().to_vec()),
+        _ => None,
+    }
+}
+
 /// Integers and timestamps (as milliseconds) from a literal.
 fn literal(e: &Expr) -> Option<i64> {
     let Expr::Literal(v, _) = e else {
@@ -239,6 +328,43 @@ mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
     use datafusion::prelude::{col, lit};
+
+    #[test]
+    fn key_equalities_and_lists_bound_the_keys_but_are_never_exact() {
+        let key = |k: &str| lit(ScalarValue::Binary(Some(k.as_bytes().to_vec())));
+        let set = |ks: &[&str]| Some(ks.iter().map(|k| k.as_bytes().to_vec()).collect());
+        let eq = col("key").eq(key("a"));
+        assert_eq!(
+            Bounds::from_filters(std::slice::from_ref(&eq)).keys,
+            set(&["a"])
+        );
+        assert!(!Bounds::is_exact(&eq));
+        let or = col("key").eq(key("a")).or(key("b").eq(col("key")));
+        assert_eq!(Bounds::from_filters(&[or]).keys, set(&["a", "b"]));
+        let list = col("key").in_list(vec![key("a"), key("c")], false);
+        assert_eq!(
+            Bounds::from_filters(std::slice::from_ref(&list)).keys,
+            set(&["a", "c"])
+        );
+        // Conjunctions intersect; nothing left means no row can match.
+        let b = Bounds::from_filters(&[list, col("key").eq(key("c"))]);
+        assert_eq!(b.keys, set(&["c"]));
+        let b = Bounds::from_filters(&[eq, col("key").eq(key("z"))]);
+        assert!(b.is_empty());
+        // Anything else bounds no key.
+        for f in [
+            col("key").eq(key("a")).or(col("offset").lt(lit(3i64))),
+            col("key").in_list(vec![key("a")], true),
+            col("key").not_eq(key("a")),
+            col("key").is_null(),
+        ] {
+            assert_eq!(
+                Bounds::from_filters(std::slice::from_ref(&f)).keys,
+                None,
+                "{f}"
+            );
+        }
+    }
 
     #[test]
     fn conjunctions_of_comparisons_narrow_the_bounds() {

@@ -374,6 +374,7 @@ impl ExecutionPlan for TailExec {
                 left: usize::MAX,
                 started: false,
                 follows: true,
+                spans: std::collections::VecDeque::new(),
             },
             slot,
             layout,

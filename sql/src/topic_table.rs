@@ -15,6 +15,7 @@
 //! (a second Parquet scan with its own file schema and filters), and
 //! everything else as raw columns to be decoded.
 
+use std::collections::VecDeque;
 use std::fmt;
 use std::sync::Arc;
 
@@ -49,6 +50,7 @@ use datafusion::physical_plan::{
 };
 use futures::{StreamExt, TryStreamExt};
 use object_store::path::Path;
+use sediment_log::keys::key_hash;
 use sediment_log::{batch, records, LogError, LogManager, Partition};
 use sediment_tiering::convert::{self, Columns};
 use sediment_tiering::{Archive, ArchiveRead, ValueColumn};
@@ -447,6 +449,7 @@ impl TopicTable {
                     to: bounds.offset_hi,
                     ts_lo: bounds.ts_lo,
                     ts_hi: bounds.ts_hi,
+                    keys: None,
                 },
             });
         }
@@ -802,6 +805,10 @@ impl ScanPlan {
                     to,
                     ts_lo: bounds.ts_lo,
                     ts_hi: bounds.ts_hi,
+                    keys: bounds
+                        .keys
+                        .as_ref()
+                        .map(|ks| ks.iter().map(|k| key_hash(k)).collect()),
                 });
             }
         }
@@ -820,11 +827,18 @@ pub(crate) struct HotRange {
     /// before the first record at or after `ts_lo` are skipped).
     pub(crate) ts_lo: i64,
     pub(crate) ts_hi: i64,
+    /// Only segments whose key sets hold one of these key hashes are read
+    /// (`key = ...`, `key IN (...)`); rows are still filtered above.
+    pub(crate) keys: Option<Vec<u64>>,
 }
 
 impl fmt::Debug for HotRange {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "p{}=[{},{})", self.index, self.from, self.to)
+        write!(f, "p{}=[{},{})", self.index, self.from, self.to)?;
+        if let Some(k) = &self.keys {
+            write!(f, " key_filter={}", k.len())?;
+        }
+        Ok(())
     }
 }
 
@@ -939,6 +953,7 @@ impl ExecutionPlan for HotScanExec {
             left: self.limit.unwrap_or(usize::MAX),
             started: false,
             follows: false,
+            spans: VecDeque::new(),
         };
         let stream = futures::stream::try_unfold(reader, |mut r| async move {
             let batch = r.next_batch().await?;
@@ -963,6 +978,9 @@ pub(crate) struct HotReader {
     pub(crate) started: bool,
     /// Part of a tail: records still to come may match the time bounds.
     pub(crate) follows: bool,
+    /// With `range.keys`: the offset ranges left whose segments may hold
+    /// one of the keys (see `Partition::key_ranges`).
+    pub(crate) spans: VecDeque<(i64, i64)>,
 }
 
 /// The one input of a single-child plan node, given to `with_new_children`.
@@ -1015,8 +1033,30 @@ impl HotReader {
                     Err(_) => {}
                 }
             }
+            if let Some(keys) = self.range.keys.clone() {
+                let p = self.range.partition.clone();
+                let (from, to) = (self.pos, self.range.to);
+                self.spans = tokio::task::spawn_blocking(move || p.key_ranges(&keys, from, to))
+                    .await
+                    .map_err(external)?
+                    .into();
+            }
         }
         while self.pos < self.range.to && self.left > 0 {
+            if self.range.keys.is_some() {
+                // Jump over segments whose key sets lack every key.
+                while let Some(&(lo, hi)) = self.spans.front() {
+                    if self.pos < hi {
+                        self.pos = self.pos.max(lo);
+                        break;
+                    }
+                    self.spans.pop_front();
+                }
+                if self.spans.is_empty() {
+                    self.pos = self.range.to;
+                    break;
+                }
+            }
             let bytes = self.read_chunk().await?;
             if bytes.is_empty() {
                 break;
